@@ -1,0 +1,141 @@
+// cider's C++ shim over MLX's C++ API. Kept deliberately thin: each function
+// adapts one MLX call to types cxx can carry (slices, u8 dtype codes, bools
+// instead of std::optional). Exceptions propagate to Rust as cxx::Exception.
+#pragma once
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mlx/mlx.h"
+#include "rust/cxx.h"
+
+namespace cider {
+
+// An owned MLX array handle (MLX arrays are themselves ref-counted).
+struct Array {
+  mlx::core::array a;
+  explicit Array(mlx::core::array x) : a(std::move(x)) {}
+};
+
+// A list of arrays, for eval/async_eval and multi-output ops.
+struct ArrayList {
+  std::vector<mlx::core::array> v;
+};
+
+// The arrays of one safetensors file, loaded lazily by MLX.
+struct SafeTensors {
+  std::unordered_map<std::string, mlx::core::array> tensors;
+  std::unordered_map<std::string, std::string> metadata;
+};
+
+using ArrPtr = std::unique_ptr<Array>;
+
+// construction and inspection
+ArrPtr arr_from_f32(rust::Slice<const float> data, rust::Slice<const int32_t> shape);
+ArrPtr arr_from_i32(rust::Slice<const int32_t> data, rust::Slice<const int32_t> shape);
+ArrPtr arr_from_u32(rust::Slice<const uint32_t> data, rust::Slice<const int32_t> shape);
+ArrPtr arr_scalar(double v, uint8_t dtype);
+ArrPtr arr_zeros(rust::Slice<const int32_t> shape, uint8_t dtype);
+ArrPtr arr_full(rust::Slice<const int32_t> shape, double v, uint8_t dtype);
+ArrPtr arr_arange(int32_t start, int32_t stop, uint8_t dtype);
+ArrPtr arr_clone(const Array& a);
+rust::Vec<int32_t> arr_shape(const Array& a);
+uint8_t arr_dtype(const Array& a);
+size_t arr_nbytes(const Array& a);
+size_t arr_size(const Array& a);
+rust::Vec<float> arr_to_f32(const Array& a);
+rust::Vec<int32_t> arr_to_i32(const Array& a);
+
+// evaluation
+std::unique_ptr<ArrayList> list_new();
+void list_push(ArrayList& l, const Array& a);
+size_t list_len(const ArrayList& l);
+ArrPtr list_get(const ArrayList& l, size_t i);
+void eval_list(const ArrayList& l);
+void async_eval_list(const ArrayList& l);
+void eval_one(const Array& a);
+
+// element-wise and shape ops
+ArrPtr astype(const Array& a, uint8_t dtype);
+ArrPtr reshape(const Array& a, rust::Slice<const int32_t> shape);
+ArrPtr transpose(const Array& a, rust::Slice<const int32_t> axes);
+ArrPtr add(const Array& a, const Array& b);
+ArrPtr subtract(const Array& a, const Array& b);
+ArrPtr multiply(const Array& a, const Array& b);
+ArrPtr divide(const Array& a, const Array& b);
+ArrPtr maximum(const Array& a, const Array& b);
+ArrPtr less(const Array& a, const Array& b);
+ArrPtr greater(const Array& a, const Array& b);
+ArrPtr power(const Array& a, const Array& b);
+ArrPtr greater_equal(const Array& a, const Array& b);
+ArrPtr logical_and(const Array& a, const Array& b);
+ArrPtr where_(const Array& c, const Array& a, const Array& b);
+ArrPtr negative(const Array& a);
+ArrPtr sigmoid(const Array& a);
+ArrPtr exp(const Array& a);
+ArrPtr log(const Array& a);
+ArrPtr matmul(const Array& a, const Array& b);
+ArrPtr addmm(const Array& c, const Array& a, const Array& b);
+ArrPtr swiglu(const Array& gate, const Array& x);
+
+// reductions, indexing, sorting
+ArrPtr sum_axis(const Array& a, int32_t axis, bool keepdims);
+ArrPtr max_axis(const Array& a, int32_t axis, bool keepdims);
+ArrPtr logsumexp_axis(const Array& a, int32_t axis, bool keepdims);
+ArrPtr softmax_axis(const Array& a, int32_t axis, bool precise);
+ArrPtr argmax_axis(const Array& a, int32_t axis, bool keepdims);
+ArrPtr take(const Array& a, const Array& idx, int32_t axis);
+ArrPtr take_along_axis(const Array& a, const Array& idx, int32_t axis);
+ArrPtr put_along_axis(const Array& a, const Array& idx, const Array& vals, int32_t axis);
+ArrPtr concatenate2(const Array& a, const Array& b, int32_t axis);
+ArrPtr slice(const Array& a, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop);
+ArrPtr slice_update(const Array& src, const Array& upd, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop);
+ArrPtr sort_axis(const Array& a, int32_t axis);
+ArrPtr argsort_axis(const Array& a, int32_t axis);
+ArrPtr argpartition_axis(const Array& a, int32_t kth, int32_t axis);
+ArrPtr cumsum_axis(const Array& a, int32_t axis, bool reverse, bool inclusive);
+
+// quantization
+ArrPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, const Array& biases,
+                        bool has_biases, bool transpose, int32_t group_size, int32_t bits,
+                        rust::Str mode);
+std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits, rust::Str mode);
+ArrPtr dequantize(const Array& w, const Array& scales, const Array& biases, bool has_biases,
+                  int32_t group_size, int32_t bits, rust::Str mode);
+
+// fast kernels
+ArrPtr rms_norm(const Array& x, const Array& w, float eps);
+ArrPtr rope(const Array& x, int32_t dims, bool traditional, float base, float scale, int32_t offset);
+ArrPtr rope_freqs(const Array& x, int32_t dims, bool traditional, float scale, int32_t offset,
+                  const Array& freqs);
+ArrPtr sdpa(const Array& q, const Array& k, const Array& v, float scale, rust::Str mask_mode,
+            const Array& mask, bool has_mask);
+
+// random
+ArrPtr random_key(uint64_t seed);
+std::unique_ptr<ArrayList> random_split(const Array& key);
+ArrPtr categorical(const Array& logits, const Array& key);
+
+// io
+std::unique_ptr<SafeTensors> load_safetensors(rust::Str path);
+rust::Vec<rust::String> st_keys(const SafeTensors& st);
+ArrPtr st_get(const SafeTensors& st, rust::Str name);
+rust::Vec<rust::String> st_metadata(const SafeTensors& st);
+void save_safetensors(rust::Str path, rust::Slice<const rust::String> names, const ArrayList& arrays);
+
+// memory and devices
+size_t get_active_memory();
+size_t get_peak_memory();
+void reset_peak_memory();
+size_t get_cache_memory();
+size_t set_memory_limit(size_t limit);
+size_t get_memory_limit();
+size_t set_cache_limit(size_t limit);
+void clear_cache();
+bool gpu_available();
+void set_default_device(bool gpu);
+bool default_device_is_gpu();
+rust::String mlx_version();
+
+}  // namespace cider

@@ -1,0 +1,92 @@
+//! Per-layer key/value caches. A generation session owns its caches, so one
+//! loaded model can serve many sessions at once.
+use crate::error::Result;
+use crate::mlx::Array;
+
+pub trait KvCache: Send {
+    /// Append keys/values of shape [B, kv_heads, L, head_dim] and return the
+    /// full keys and values seen so far.
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)>;
+    /// Number of positions stored.
+    fn offset(&self) -> i32;
+    /// Forget the last `n` positions; returns how many were dropped.
+    fn trim(&mut self, n: i32) -> i32;
+    /// The arrays to evaluate to materialise the cache.
+    fn state(&self) -> Vec<&Array>;
+    fn nbytes(&self) -> usize;
+}
+
+/// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps of
+/// 256 positions and writes new entries with slice updates, so no step
+/// re-copies the whole history.
+#[derive(Default)]
+pub struct StandardCache {
+    keys: Option<Array>,
+    values: Option<Array>,
+    offset: i32,
+}
+
+const STEP: i32 = 256;
+
+impl StandardCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl KvCache for StandardCache {
+    fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        let prev = self.offset;
+        let ks = keys.shape();
+        let vs = values.shape();
+        let n = ks[2];
+        let capacity = self.keys.as_ref().map_or(0, |k| k.dim(2));
+        if self.keys.is_none() || prev + n > capacity {
+            let steps = (STEP + n - 1) / STEP;
+            let new_k = Array::zeros(&[ks[0], ks[1], steps * STEP, ks[3]], keys.dtype())?;
+            let new_v = Array::zeros(&[vs[0], vs[1], steps * STEP, vs[3]], values.dtype())?;
+            match (self.keys.take(), self.values.take()) {
+                (Some(mut k), Some(mut v)) => {
+                    if prev % STEP != 0 {
+                        k = k.slice_axis(2, 0, prev)?;
+                        v = v.slice_axis(2, 0, prev)?;
+                    }
+                    self.keys = Some(Array::concatenate(&k, &new_k, 2)?);
+                    self.values = Some(Array::concatenate(&v, &new_v, 2)?);
+                }
+                _ => {
+                    self.keys = Some(new_k);
+                    self.values = Some(new_v);
+                }
+            }
+        }
+        self.offset += n;
+        let k = self.keys.as_ref().unwrap();
+        let v = self.values.as_ref().unwrap();
+        let k = k.slice_update(keys, &[0, 0, prev, 0], &[ks[0], ks[1], self.offset, ks[3]])?;
+        let v = v.slice_update(values, &[0, 0, prev, 0], &[vs[0], vs[1], self.offset, vs[3]])?;
+        let cap = k.dim(2);
+        let out = if self.offset < cap {
+            (k.slice_axis(2, 0, self.offset)?, v.slice_axis(2, 0, self.offset)?)
+        } else {
+            (k.clone(), v.clone())
+        };
+        self.keys = Some(k);
+        self.values = Some(v);
+        Ok(out)
+    }
+    fn offset(&self) -> i32 {
+        self.offset
+    }
+    fn trim(&mut self, n: i32) -> i32 {
+        let n = n.min(self.offset);
+        self.offset -= n;
+        n
+    }
+    fn state(&self) -> Vec<&Array> {
+        self.keys.iter().chain(self.values.iter()).collect()
+    }
+    fn nbytes(&self) -> usize {
+        self.keys.as_ref().map_or(0, |k| k.nbytes()) + self.values.as_ref().map_or(0, |v| v.nbytes())
+    }
+}

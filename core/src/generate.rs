@@ -1,0 +1,355 @@
+//! The generation loop: chunked prefill, then decode with a per-layer KV
+//! cache while the host builds step n+1 as the device computes step n (MLX
+//! async eval), as mlx-lm's `generate_step` does. Streams UTF-8-safe text
+//! pieces, applies stop strings and EOS, and measures what users ask for.
+use crate::cache::KvCache;
+use crate::error::{Error, Result};
+use crate::mlx::{self, memory, Array, Dtype};
+use crate::model::Model;
+use crate::sampling::{apply_repetition_penalty, Sampler, SamplerConfig};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+static MLX_LOCK: Mutex<()> = Mutex::new(());
+
+/// MLX builds and evaluates graphs on shared streams; cider serialises graph
+/// building and evaluation across threads with this lock (held per step, so
+/// concurrent generations interleave token by token).
+pub fn mlx_lock() -> MutexGuard<'static, ()> {
+    MLX_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    /// None or 1.0 disables it.
+    pub repetition_penalty: Option<f32>,
+    /// How many recent tokens the penalty looks at (mlx-lm's default: 20).
+    pub repetition_context_size: usize,
+    /// Generation stops before any of these strings; they are not returned.
+    pub stop: Vec<String>,
+    /// Keep going past EOS tokens (benchmarks, parity tests).
+    pub ignore_eos: bool,
+    /// Prompt tokens per forward pass during prefill (mlx-lm: 2048).
+    pub prefill_step_size: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        GenerateOptions {
+            max_tokens: 256,
+            sampler: SamplerConfig::default(),
+            repetition_penalty: None,
+            repetition_context_size: 20,
+            stop: vec![],
+            ignore_eos: false,
+            prefill_step_size: 2048,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// EOS or a stop string.
+    Stop,
+    /// max_tokens reached.
+    Length,
+    /// The caller cancelled.
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens / time to first token.
+    pub prompt_tps: f64,
+    pub generation_tokens: usize,
+    /// Tokens after the first / time from the first token to the last.
+    pub generation_tps: f64,
+    /// From the start of the call (tokens in hand) to the first sampled token on the host.
+    pub ttft_s: f64,
+    pub total_s: f64,
+    /// MLX peak memory during this generation, in bytes.
+    pub peak_memory_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationResult {
+    pub text: String,
+    pub tokens: Vec<u32>,
+    pub prompt_tokens: Vec<u32>,
+    pub finish_reason: FinishReason,
+    pub stats: Stats,
+}
+
+/// One streamed event: text that became final (possibly empty), and the
+/// token that produced it (None for the final flush).
+pub struct StreamEvent<'a> {
+    pub text: &'a str,
+    pub token: Option<u32>,
+}
+
+/// Returns false to cancel.
+pub type StreamFn<'a> = dyn FnMut(&StreamEvent) -> bool + 'a;
+
+/// A generation context: owns KV caches, borrows the shared model. One
+/// thread at a time; create one per concurrent generation.
+pub struct Session<'m> {
+    pub model: &'m Model,
+    cancel: Option<&'m AtomicBool>,
+}
+
+struct Stepper<'a> {
+    model: &'a Model,
+    caches: Vec<Box<dyn KvCache>>,
+    sampler: Sampler,
+    history: Option<Array>,
+    penalty: Option<(f32, usize)>,
+}
+
+impl Stepper<'_> {
+    /// One forward pass over `input` ([L] ids) -> (sampled id [1], logprobs).
+    fn step(&mut self, input: &Array) -> Result<Array> {
+        let l = input.dim(0);
+        let logits = self.model.forward(&input.reshape(&[1, l])?, &mut self.caches)?;
+        let v = logits.dim(-1);
+        let mut logits = logits.slice_axis(1, l - 1, l)?.reshape(&[1, v])?;
+        if let Some((p, ctx)) = self.penalty {
+            let ids = input.astype(Dtype::I32)?;
+            let h = match self.history.take() {
+                Some(h) => Array::concatenate(&h, &ids, 0)?,
+                None => ids,
+            };
+            logits = apply_repetition_penalty(&logits, &h, p, ctx)?;
+            self.history = Some(h);
+        }
+        let logprobs = logits.sub(&logits.logsumexp(-1, true)?)?;
+        self.sampler.sample(&logprobs)
+    }
+
+    fn prefill(&mut self, ids: &Array) -> Result<()> {
+        let l = ids.dim(0);
+        self.model.forward(&ids.reshape(&[1, l])?, &mut self.caches)?;
+        if let Some((_, _)) = self.penalty {
+            let ids = ids.astype(Dtype::I32)?;
+            self.history = Some(match self.history.take() {
+                Some(h) => Array::concatenate(&h, &ids, 0)?,
+                None => ids,
+            });
+        }
+        let state: Vec<&Array> = self.caches.iter().flat_map(|c| c.state()).chain(self.history.iter()).collect();
+        mlx::eval(&state)
+    }
+}
+
+/// Holds back text that might be the start of a stop string, and finds the
+/// first complete stop string.
+struct StopScan<'a> {
+    stops: &'a [String],
+    text: String,
+    emitted: usize,
+}
+
+impl StopScan<'_> {
+    /// Add final text; returns (text safe to emit now, stopped).
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        let search_from = self.emitted.saturating_sub(self.stops.iter().map(|s| s.len()).max().unwrap_or(0));
+        let search_from = floor_char(&self.text, search_from);
+        self.text.push_str(piece);
+        let hit = self
+            .stops
+            .iter()
+            .filter(|s| !s.is_empty())
+            .filter_map(|s| self.text[search_from..].find(s.as_str()).map(|p| p + search_from))
+            .min();
+        if let Some(p) = hit {
+            self.text.truncate(p);
+            let out = self.text[self.emitted.min(p)..].to_string();
+            self.emitted = self.text.len();
+            return (out, true);
+        }
+        // Hold back the longest suffix that is a proper prefix of a stop string.
+        let mut hold = 0;
+        for s in self.stops {
+            for (i, _) in s.char_indices().skip(1) {
+                if self.text.ends_with(&s[..i]) {
+                    hold = hold.max(i);
+                }
+            }
+        }
+        let safe = (self.text.len() - hold).max(self.emitted);
+        let out = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
+        (out, false)
+    }
+    fn flush(&mut self) -> String {
+        let out = self.text[self.emitted..].to_string();
+        self.emitted = self.text.len();
+        out
+    }
+}
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        Session { model, cancel: None }
+    }
+
+    /// Also stop (as Cancelled) when `flag` becomes true; checked every token.
+    pub fn with_cancel_flag(mut self, flag: &'m AtomicBool) -> Self {
+        self.cancel = Some(flag);
+        self
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions, on_event: &mut StreamFn) -> Result<GenerationResult> {
+        let model = self.model;
+        let vocab = model.info.vocab_size;
+        if prompt.is_empty() {
+            return Err(Error::invalid_arg("the prompt is empty: at least one token is needed"));
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid_arg(format!("prompt token id {bad} is outside the vocabulary (size {vocab})")));
+        }
+        opts.sampler.validate(vocab)?;
+        if let Some(p) = opts.repetition_penalty {
+            if !(p >= 0.0) || !p.is_finite() {
+                return Err(Error::invalid_arg(format!("repetition_penalty must be >= 0, got {p}")));
+            }
+        }
+        if opts.prefill_step_size == 0 {
+            return Err(Error::invalid_arg("prefill_step_size must be > 0"));
+        }
+        let t0 = Instant::now();
+        let penalty = opts.repetition_penalty.filter(|&p| p != 0.0 && p != 1.0).map(|p| (p, opts.repetition_context_size));
+        let mut st = {
+            let _g = mlx_lock();
+            memory::reset_peak();
+            Stepper { model, caches: model.net.make_caches(), sampler: Sampler::new(opts.sampler.clone())?, history: None, penalty }
+        };
+        let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
+
+        // Prefill all but the last prompt token in chunks (as mlx-lm does).
+        let mut done = 0;
+        while ids.len() - done > 1 {
+            if self.cancelled() {
+                return Err(Error::cancelled());
+            }
+            let n = opts.prefill_step_size.min(ids.len() - done - 1);
+            let _g = mlx_lock();
+            st.prefill(&Array::from_i32(&ids[done..done + n], &[n as i32])?)?;
+            memory::clear_cache();
+            done += n;
+        }
+
+        let mut decoder = model.tokenizer.stream_decoder();
+        let mut scan = StopScan { stops: &opts.stop, text: String::new(), emitted: 0 };
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut finish = FinishReason::Length;
+        let mut stopped_by_string = false;
+        let mut ttft = 0.0;
+        let mut t_first = t0;
+        let mut t_last = t0;
+
+        let mut y = {
+            let _g = mlx_lock();
+            let last = Array::from_i32(&ids[done..], &[(ids.len() - done) as i32])?;
+            let y = st.step(&last)?;
+            mlx::async_eval(&[&y])?;
+            y
+        };
+        let mut n = 0usize;
+        loop {
+            let (tok, next) = {
+                let _g = mlx_lock();
+                let next = if n != opts.max_tokens {
+                    let next = st.step(&y)?;
+                    mlx::async_eval(&[&next])?;
+                    Some(next)
+                } else {
+                    None
+                };
+                if n == opts.max_tokens {
+                    break;
+                }
+                (y.item_i32()? as u32, next)
+            };
+            let now = Instant::now();
+            if n == 0 {
+                ttft = now.duration_since(t0).as_secs_f64();
+                t_first = now;
+            }
+            t_last = now;
+            if !opts.ignore_eos && model.eos_ids.contains(&tok) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            tokens.push(tok);
+            let piece = decoder.push(tok)?;
+            let (out, stopped) = scan.push(&piece);
+            if !on_event(&StreamEvent { text: &out, token: Some(tok) }) || self.cancelled() {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if stopped {
+                stopped_by_string = true;
+                finish = FinishReason::Stop;
+                break;
+            }
+            if n % 256 == 0 {
+                memory::clear_cache();
+            }
+            y = next.expect("a next step exists below max_tokens");
+            n += 1;
+        }
+        if !stopped_by_string {
+            // Flush what the decoder and the stop-string scan held back.
+            let (mut out, hit) = scan.push(&decoder.finish()?);
+            if hit {
+                finish = FinishReason::Stop;
+            } else {
+                out.push_str(&scan.flush());
+            }
+            if !out.is_empty() {
+                on_event(&StreamEvent { text: &out, token: None });
+            }
+        }
+        let peak = {
+            let _g = mlx_lock();
+            // Let the speculative last step finish before reading the peak.
+            memory::peak() as u64
+        };
+        let gen_s = t_last.duration_since(t_first).as_secs_f64();
+        let stats = Stats {
+            prompt_tokens: prompt.len(),
+            prompt_tps: if ttft > 0.0 { prompt.len() as f64 / ttft } else { 0.0 },
+            generation_tokens: tokens.len(),
+            generation_tps: if tokens.len() > 1 && gen_s > 0.0 { (tokens.len() - 1) as f64 / gen_s } else { 0.0 },
+            ttft_s: ttft,
+            total_s: t0.elapsed().as_secs_f64(),
+            peak_memory_bytes: peak,
+        };
+        Ok(GenerationResult { text: scan.text, tokens, prompt_tokens: prompt.to_vec(), finish_reason: finish, stats })
+    }
+}

@@ -1,0 +1,496 @@
+use super::ffi::ffi;
+use crate::error::{Error, Result};
+use cxx::UniquePtr;
+
+/// Element types, numbered as in cpp/shim.cc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    Bool = 0,
+    U8 = 1,
+    U16 = 2,
+    U32 = 3,
+    U64 = 4,
+    I8 = 5,
+    I16 = 6,
+    I32 = 7,
+    I64 = 8,
+    F16 = 9,
+    F32 = 10,
+    BF16 = 11,
+    C64 = 12,
+    F64 = 13,
+}
+
+impl Dtype {
+    fn from_code(c: u8) -> Dtype {
+        use Dtype::*;
+        match c {
+            0 => Bool,
+            1 => U8,
+            2 => U16,
+            3 => U32,
+            4 => U64,
+            5 => I8,
+            6 => I16,
+            7 => I32,
+            8 => I64,
+            9 => F16,
+            10 => F32,
+            11 => BF16,
+            12 => C64,
+            _ => F64,
+        }
+    }
+    pub fn is_float(self) -> bool {
+        matches!(self, Dtype::F16 | Dtype::F32 | Dtype::BF16 | Dtype::F64)
+    }
+    pub fn size(self) -> usize {
+        use Dtype::*;
+        match self {
+            Bool | U8 | I8 => 1,
+            U16 | I16 | F16 | BF16 => 2,
+            U32 | I32 | F32 => 4,
+            U64 | I64 | F64 | C64 => 8,
+        }
+    }
+    /// Parse the names used by config.json (`torch_dtype`) and safetensors.
+    pub fn parse(s: &str) -> Option<Dtype> {
+        Some(match s {
+            "float32" | "F32" => Dtype::F32,
+            "float16" | "F16" => Dtype::F16,
+            "bfloat16" | "BF16" => Dtype::BF16,
+            "float64" | "F64" => Dtype::F64,
+            "int8" | "I8" => Dtype::I8,
+            "int16" | "I16" => Dtype::I16,
+            "int32" | "I32" => Dtype::I32,
+            "int64" | "I64" => Dtype::I64,
+            "uint8" | "U8" => Dtype::U8,
+            "uint16" | "U16" => Dtype::U16,
+            "uint32" | "U32" => Dtype::U32,
+            "uint64" | "U64" => Dtype::U64,
+            "bool" | "BOOL" => Dtype::Bool,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        use Dtype::*;
+        match self {
+            Bool => "bool",
+            U8 => "uint8",
+            U16 => "uint16",
+            U32 => "uint32",
+            U64 => "uint64",
+            I8 => "int8",
+            I16 => "int16",
+            I32 => "int32",
+            I64 => "int64",
+            F16 => "float16",
+            F32 => "float32",
+            BF16 => "bfloat16",
+            C64 => "complex64",
+            F64 => "float64",
+        }
+    }
+}
+
+/// An owned handle to an MLX array (lazy: nothing is computed until `eval`).
+pub struct Array {
+    pub(crate) inner: UniquePtr<ffi::Array>,
+}
+
+// SAFETY: an MLX array is a shared_ptr to immutable graph data; handing the
+// handle to another thread is sound. Concurrent evaluation of graphs that
+// share nodes is serialised by callers (see `generate::MLX_LOCK`), so Array is
+// Send but deliberately not Sync.
+unsafe impl Send for Array {}
+
+impl Clone for Array {
+    fn clone(&self) -> Self {
+        Array { inner: ffi::arr_clone(&self.inner) }
+    }
+}
+
+impl std::fmt::Debug for Array {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Array({:?}, {:?})", self.shape(), self.dtype())
+    }
+}
+
+fn wrap(r: std::result::Result<UniquePtr<ffi::Array>, cxx::Exception>) -> Result<Array> {
+    Ok(Array { inner: r? })
+}
+
+/// A list of arrays for evaluating several outputs in one graph.
+pub fn eval(arrays: &[&Array]) -> Result<()> {
+    let mut l = ffi::list_new();
+    for a in arrays {
+        ffi::list_push(l.pin_mut(), &a.inner);
+    }
+    ffi::eval_list(&l)?;
+    Ok(())
+}
+
+/// Start computing `arrays` on the device and return at once, so the host can
+/// build the next step's graph meanwhile.
+pub fn async_eval(arrays: &[&Array]) -> Result<()> {
+    let mut l = ffi::list_new();
+    for a in arrays {
+        ffi::list_push(l.pin_mut(), &a.inner);
+    }
+    ffi::async_eval_list(&l)?;
+    Ok(())
+}
+
+fn list_to_vec(l: UniquePtr<ffi::ArrayList>) -> Result<Vec<Array>> {
+    (0..ffi::list_len(&l)).map(|i| wrap(ffi::list_get(&l, i))).collect()
+}
+
+impl Array {
+    pub fn from_f32(data: &[f32], shape: &[i32]) -> Result<Array> {
+        check_len(data.len(), shape)?;
+        wrap(ffi::arr_from_f32(data, shape))
+    }
+    pub fn from_i32(data: &[i32], shape: &[i32]) -> Result<Array> {
+        check_len(data.len(), shape)?;
+        wrap(ffi::arr_from_i32(data, shape))
+    }
+    pub fn from_u32(data: &[u32], shape: &[i32]) -> Result<Array> {
+        check_len(data.len(), shape)?;
+        wrap(ffi::arr_from_u32(data, shape))
+    }
+    /// A 0-d array holding `v` in `dtype` (as MLX's weakly typed Python scalars behave).
+    pub fn scalar(v: f64, dtype: Dtype) -> Result<Array> {
+        wrap(ffi::arr_scalar(v, dtype as u8))
+    }
+    pub fn zeros(shape: &[i32], dtype: Dtype) -> Result<Array> {
+        wrap(ffi::arr_zeros(shape, dtype as u8))
+    }
+    pub fn full(shape: &[i32], v: f64, dtype: Dtype) -> Result<Array> {
+        wrap(ffi::arr_full(shape, v, dtype as u8))
+    }
+    pub fn arange(start: i32, stop: i32, dtype: Dtype) -> Result<Array> {
+        wrap(ffi::arr_arange(start, stop, dtype as u8))
+    }
+
+    pub fn shape(&self) -> Vec<i32> {
+        ffi::arr_shape(&self.inner)
+    }
+    pub fn ndim(&self) -> usize {
+        self.shape().len()
+    }
+    pub fn dim(&self, axis: i32) -> i32 {
+        let s = self.shape();
+        let i = if axis < 0 { s.len() as i32 + axis } else { axis };
+        s[i as usize]
+    }
+    pub fn dtype(&self) -> Dtype {
+        Dtype::from_code(ffi::arr_dtype(&self.inner))
+    }
+    pub fn nbytes(&self) -> usize {
+        ffi::arr_nbytes(&self.inner)
+    }
+    pub fn size(&self) -> usize {
+        ffi::arr_size(&self.inner)
+    }
+    /// Evaluate and copy out as f32 (any dtype is converted).
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        Ok(ffi::arr_to_f32(&self.inner)?)
+    }
+    pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
+        Ok(ffi::arr_to_i32(&self.inner)?)
+    }
+    /// Evaluate a one-element array and return it as an integer (a host sync).
+    pub fn item_i32(&self) -> Result<i32> {
+        let v = self.to_vec_i32()?;
+        v.first().copied().ok_or_else(|| Error::backend("item() of an empty array"))
+    }
+    pub fn eval(&self) -> Result<()> {
+        Ok(ffi::eval_one(&self.inner)?)
+    }
+
+    pub fn astype(&self, dtype: Dtype) -> Result<Array> {
+        if self.dtype() == dtype {
+            return Ok(self.clone());
+        }
+        wrap(ffi::astype(&self.inner, dtype as u8))
+    }
+    pub fn reshape(&self, shape: &[i32]) -> Result<Array> {
+        wrap(ffi::reshape(&self.inner, shape))
+    }
+    pub fn transpose(&self, axes: &[i32]) -> Result<Array> {
+        wrap(ffi::transpose(&self.inner, axes))
+    }
+    pub fn add(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::add(&self.inner, &b.inner))
+    }
+    pub fn sub(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::subtract(&self.inner, &b.inner))
+    }
+    pub fn mul(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::multiply(&self.inner, &b.inner))
+    }
+    pub fn div(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::divide(&self.inner, &b.inner))
+    }
+    pub fn maximum(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::maximum(&self.inner, &b.inner))
+    }
+    /// Multiply by a scalar of this array's own dtype (as `x * 2.0` does in Python MLX).
+    pub fn mul_scalar(&self, v: f64) -> Result<Array> {
+        self.mul(&Array::scalar(v, self.scalar_dtype())?)
+    }
+    pub fn add_scalar(&self, v: f64) -> Result<Array> {
+        self.add(&Array::scalar(v, self.scalar_dtype())?)
+    }
+    fn scalar_dtype(&self) -> Dtype {
+        let d = self.dtype();
+        if d.is_float() {
+            d
+        } else {
+            Dtype::F32
+        }
+    }
+    pub fn less(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::less(&self.inner, &b.inner))
+    }
+    pub fn greater(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::greater(&self.inner, &b.inner))
+    }
+    pub fn power(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::power(&self.inner, &b.inner))
+    }
+    pub fn greater_equal(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::greater_equal(&self.inner, &b.inner))
+    }
+    pub fn logical_and(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::logical_and(&self.inner, &b.inner))
+    }
+    /// `where(cond, self, other)`
+    pub fn where_(cond: &Array, a: &Array, b: &Array) -> Result<Array> {
+        wrap(ffi::where_(&cond.inner, &a.inner, &b.inner))
+    }
+    pub fn neg(&self) -> Result<Array> {
+        wrap(ffi::negative(&self.inner))
+    }
+    pub fn sigmoid(&self) -> Result<Array> {
+        wrap(ffi::sigmoid(&self.inner))
+    }
+    pub fn exp(&self) -> Result<Array> {
+        wrap(ffi::exp(&self.inner))
+    }
+    pub fn log(&self) -> Result<Array> {
+        wrap(ffi::log(&self.inner))
+    }
+    pub fn matmul(&self, b: &Array) -> Result<Array> {
+        wrap(ffi::matmul(&self.inner, &b.inner))
+    }
+    /// `c + self @ b`
+    pub fn addmm(c: &Array, a: &Array, b: &Array) -> Result<Array> {
+        wrap(ffi::addmm(&c.inner, &a.inner, &b.inner))
+    }
+    /// silu(gate) * x, compiled the way mlx-lm compiles it.
+    pub fn swiglu(gate: &Array, x: &Array) -> Result<Array> {
+        wrap(ffi::swiglu(&gate.inner, &x.inner))
+    }
+
+    pub fn sum_axis(&self, axis: i32, keepdims: bool) -> Result<Array> {
+        wrap(ffi::sum_axis(&self.inner, axis, keepdims))
+    }
+    pub fn max_axis(&self, axis: i32, keepdims: bool) -> Result<Array> {
+        wrap(ffi::max_axis(&self.inner, axis, keepdims))
+    }
+    pub fn logsumexp(&self, axis: i32, keepdims: bool) -> Result<Array> {
+        wrap(ffi::logsumexp_axis(&self.inner, axis, keepdims))
+    }
+    pub fn softmax(&self, axis: i32, precise: bool) -> Result<Array> {
+        wrap(ffi::softmax_axis(&self.inner, axis, precise))
+    }
+    pub fn argmax(&self, axis: i32, keepdims: bool) -> Result<Array> {
+        wrap(ffi::argmax_axis(&self.inner, axis, keepdims))
+    }
+    pub fn take(&self, idx: &Array, axis: i32) -> Result<Array> {
+        wrap(ffi::take(&self.inner, &idx.inner, axis))
+    }
+    pub fn take_along_axis(&self, idx: &Array, axis: i32) -> Result<Array> {
+        wrap(ffi::take_along_axis(&self.inner, &idx.inner, axis))
+    }
+    pub fn put_along_axis(&self, idx: &Array, vals: &Array, axis: i32) -> Result<Array> {
+        wrap(ffi::put_along_axis(&self.inner, &idx.inner, &vals.inner, axis))
+    }
+    pub fn concatenate(a: &Array, b: &Array, axis: i32) -> Result<Array> {
+        wrap(ffi::concatenate2(&a.inner, &b.inner, axis))
+    }
+    /// `self[start0:stop0, start1:stop1, ...]` (stride 1); axes not named are taken whole.
+    pub fn slice(&self, start: &[i32], stop: &[i32]) -> Result<Array> {
+        wrap(ffi::slice(&self.inner, start, stop))
+    }
+    /// Slice along one axis: `self[..., start:stop, ...]`.
+    pub fn slice_axis(&self, axis: i32, start: i32, stop: i32) -> Result<Array> {
+        let shape = self.shape();
+        let ax = if axis < 0 { shape.len() as i32 + axis } else { axis } as usize;
+        let mut lo = vec![0; shape.len()];
+        let mut hi = shape.clone();
+        lo[ax] = start;
+        hi[ax] = stop;
+        self.slice(&lo, &hi)
+    }
+    /// A copy of `self` with `update` written into `self[start:stop]`.
+    pub fn slice_update(&self, update: &Array, start: &[i32], stop: &[i32]) -> Result<Array> {
+        wrap(ffi::slice_update(&self.inner, &update.inner, start, stop))
+    }
+    pub fn sort(&self, axis: i32) -> Result<Array> {
+        wrap(ffi::sort_axis(&self.inner, axis))
+    }
+    pub fn argsort(&self, axis: i32) -> Result<Array> {
+        wrap(ffi::argsort_axis(&self.inner, axis))
+    }
+    pub fn argpartition(&self, kth: i32, axis: i32) -> Result<Array> {
+        wrap(ffi::argpartition_axis(&self.inner, kth, axis))
+    }
+    pub fn cumsum(&self, axis: i32, reverse: bool, inclusive: bool) -> Result<Array> {
+        wrap(ffi::cumsum_axis(&self.inner, axis, reverse, inclusive))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantized_matmul(
+        x: &Array,
+        w: &Array,
+        scales: &Array,
+        biases: Option<&Array>,
+        transpose: bool,
+        group_size: i32,
+        bits: i32,
+        mode: &str,
+    ) -> Result<Array> {
+        let (b, has) = match biases {
+            Some(b) => (b, true),
+            None => (scales, false),
+        };
+        wrap(ffi::quantized_matmul(
+            &x.inner, &w.inner, &scales.inner, &b.inner, has, transpose, group_size, bits, mode,
+        ))
+    }
+    /// Quantize along the last axis: (packed weights, scales, biases).
+    pub fn quantize(&self, group_size: i32, bits: i32, mode: &str) -> Result<Vec<Array>> {
+        list_to_vec(ffi::quantize(&self.inner, group_size, bits, mode)?)
+    }
+    pub fn dequantize(
+        w: &Array,
+        scales: &Array,
+        biases: Option<&Array>,
+        group_size: i32,
+        bits: i32,
+        mode: &str,
+    ) -> Result<Array> {
+        let (b, has) = match biases {
+            Some(b) => (b, true),
+            None => (scales, false),
+        };
+        wrap(ffi::dequantize(&w.inner, &scales.inner, &b.inner, has, group_size, bits, mode))
+    }
+
+    pub fn rms_norm(&self, weight: &Array, eps: f32) -> Result<Array> {
+        wrap(ffi::rms_norm(&self.inner, &weight.inner, eps))
+    }
+    pub fn rope(&self, dims: i32, traditional: bool, base: f32, scale: f32, offset: i32) -> Result<Array> {
+        wrap(ffi::rope(&self.inner, dims, traditional, base, scale, offset))
+    }
+    pub fn rope_with_freqs(
+        &self,
+        dims: i32,
+        traditional: bool,
+        scale: f32,
+        offset: i32,
+        freqs: &Array,
+    ) -> Result<Array> {
+        wrap(ffi::rope_freqs(&self.inner, dims, traditional, scale, offset, &freqs.inner))
+    }
+    /// Fused attention. `mask`: `Mask::None`, `Mask::Causal`, or an explicit array.
+    pub fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask: &Mask) -> Result<Array> {
+        match mask {
+            Mask::None => wrap(ffi::sdpa(&q.inner, &k.inner, &v.inner, scale, "", &q.inner, false)),
+            Mask::Causal => wrap(ffi::sdpa(&q.inner, &k.inner, &v.inner, scale, "causal", &q.inner, false)),
+            Mask::Array(m) => wrap(ffi::sdpa(&q.inner, &k.inner, &v.inner, scale, "array", &m.inner, true)),
+        }
+    }
+
+    pub fn random_key(seed: u64) -> Result<Array> {
+        wrap(ffi::random_key(seed))
+    }
+    /// Split a PRNG key into two independent keys.
+    pub fn random_split(&self) -> Result<(Array, Array)> {
+        let mut v = list_to_vec(ffi::random_split(&self.inner)?)?;
+        let b = v.pop().unwrap();
+        let a = v.pop().unwrap();
+        Ok((a, b))
+    }
+    /// Sample indices from unnormalised log-probabilities along the last axis.
+    pub fn categorical(logits: &Array, key: &Array) -> Result<Array> {
+        wrap(ffi::categorical(&logits.inner, &key.inner))
+    }
+}
+
+/// Attention masks as MLX's fused attention takes them.
+pub enum Mask {
+    None,
+    Causal,
+    Array(Array),
+}
+
+fn check_len(n: usize, shape: &[i32]) -> Result<()> {
+    let want: i64 = shape.iter().map(|&d| d as i64).product();
+    if shape.iter().any(|&d| d < 0) || want != n as i64 {
+        return Err(Error::invalid_arg(format!(
+            "array data has {n} elements but shape {shape:?} needs {want}"
+        )));
+    }
+    Ok(())
+}
+
+/// Memory statistics as MLX's allocator reports them, in bytes.
+pub mod memory {
+    use super::ffi;
+    pub fn active() -> usize {
+        ffi::get_active_memory()
+    }
+    pub fn peak() -> usize {
+        ffi::get_peak_memory()
+    }
+    pub fn reset_peak() {
+        ffi::reset_peak_memory()
+    }
+    pub fn cache() -> usize {
+        ffi::get_cache_memory()
+    }
+    /// Set the allocator's memory limit; returns the previous one.
+    pub fn set_limit(bytes: usize) -> usize {
+        ffi::set_memory_limit(bytes)
+    }
+    pub fn limit() -> usize {
+        ffi::get_memory_limit()
+    }
+    pub fn set_cache_limit(bytes: usize) -> usize {
+        ffi::set_cache_limit(bytes)
+    }
+    pub fn clear_cache() {
+        ffi::clear_cache()
+    }
+}
+
+/// Device selection. MLX has one default device per process.
+pub mod device {
+    use super::ffi;
+    use crate::error::Result;
+    pub fn gpu_available() -> bool {
+        ffi::gpu_available()
+    }
+    pub fn set_gpu(gpu: bool) -> Result<()> {
+        Ok(ffi::set_default_device(gpu)?)
+    }
+    pub fn is_gpu() -> bool {
+        ffi::default_device_is_gpu()
+    }
+    pub fn mlx_version() -> String {
+        ffi::mlx_version()
+    }
+}

@@ -1,0 +1,126 @@
+//! Loading a model folder: config.json, generation_config.json, the weights
+//! (validated, then mapped and evaluated once), the tokenizer and the chat
+//! template. A loaded `Model` is immutable and shared by every session.
+use crate::error::{Error, Result};
+use crate::json::JsonFile;
+use crate::mlx::{self, memory, Array};
+use crate::models::{arch_config, ArchConfig, Transformer};
+use crate::nn::QuantParams;
+use crate::tokenizer::Tokenizer;
+use crate::weights::{QuantConfig, Weights};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Progress callback for loading: fraction in [0, 1]; return false to cancel.
+pub type ProgressFn<'a> = &'a mut dyn FnMut(f32) -> bool;
+
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub model_type: String,
+    pub parameters: u64,
+    /// None for float weights.
+    pub quantization: Option<QuantParams>,
+    pub dtype: String,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    /// Bytes of weights held by MLX.
+    pub weight_bytes: u64,
+    pub load_seconds: f64,
+    /// MLX active memory added by this load.
+    pub resident_bytes: u64,
+}
+
+pub struct Model {
+    pub path: PathBuf,
+    pub net: Transformer,
+    pub tokenizer: Tokenizer,
+    /// EOS ids from generation_config.json, config.json and the tokenizer.
+    pub eos_ids: Vec<u32>,
+    pub info: ModelInfo,
+}
+
+impl Model {
+    pub fn load(dir: &Path) -> Result<Model> {
+        Self::load_with_progress(dir, &mut |_| true)
+    }
+
+    pub fn load_with_progress(dir: &Path, progress: ProgressFn) -> Result<Model> {
+        let t0 = Instant::now();
+        if !dir.exists() {
+            return Err(Error::not_found(format!("model folder {} does not exist", dir.display())));
+        }
+        if !dir.is_dir() {
+            return Err(Error::invalid_arg(format!("{} is not a folder", dir.display())));
+        }
+        let cancel = |p: &mut dyn FnMut(f32) -> bool, f: f32| if p(f) { Ok(()) } else { Err(Error::cancelled()) };
+        cancel(progress, 0.0)?;
+        let cfg = JsonFile::open(&dir.join("config.json"))?;
+        let arch: ArchConfig = arch_config(&cfg)?;
+        let quant = QuantConfig::from_config(&cfg)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
+        cancel(progress, 0.05)?;
+
+        let mut eos_ids = Vec::new();
+        let gen = JsonFile::open_optional(&dir.join("generation_config.json"))?;
+        // As mlx-lm: generation_config's eos_token_id replaces config.json's.
+        let from_gen = match &gen {
+            Some(g) => g.int_list("eos_token_id")?,
+            None => vec![],
+        };
+        let cfg_eos = if from_gen.is_empty() { cfg.int_list("eos_token_id")? } else { from_gen };
+        for id in cfg_eos.into_iter().chain(tokenizer.eos_token_ids().iter().copied()) {
+            if !eos_ids.contains(&id) {
+                eos_ids.push(id);
+            }
+        }
+
+        let before = memory::active();
+        let mut weights = Weights::load(dir, quant)?;
+        let net = Transformer::load(arch.clone(), &mut weights)?;
+        weights.finish()?;
+        cancel(progress, 0.1)?;
+        // Evaluate the weights layer by layer so progress can be reported and
+        // cancelled; each tensor is read from disk exactly once.
+        let arrays = net.arrays();
+        let chunk = (arrays.len() / 20).max(1);
+        for (i, part) in arrays.chunks(chunk).enumerate() {
+            mlx::eval(part)?;
+            let done = ((i + 1) * chunk).min(arrays.len()) as f32 / arrays.len() as f32;
+            cancel(progress, 0.1 + 0.9 * done)?;
+        }
+        let resident = memory::active().saturating_sub(before) as u64;
+        let dtype = arrays
+            .iter()
+            .filter(|a| a.dtype().is_float())
+            .map(|a| a.dtype().name())
+            .next()
+            .unwrap_or("float32")
+            .to_string();
+        let info = ModelInfo {
+            model_type: arch.model_type.clone(),
+            parameters: net.parameters(),
+            quantization: net.quantization(),
+            dtype,
+            vocab_size: arch.vocab_size,
+            context_length: arch.context_length,
+            num_layers: arch.num_layers,
+            hidden_size: arch.hidden_size,
+            weight_bytes: net.weight_bytes() as u64,
+            load_seconds: t0.elapsed().as_secs_f64(),
+            resident_bytes: resident,
+        };
+        Ok(Model { path: dir.to_path_buf(), net, tokenizer, eos_ids, info })
+    }
+
+    /// Token ids for a prompt: chat-templated when `chat` is Some and the
+    /// tokenizer has a template, else encoded as mlx-lm encodes plain text.
+    pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
+        self.tokenizer.encode_prompt(text)
+    }
+
+    pub fn forward(&self, ids: &Array, caches: &mut [Box<dyn crate::cache::KvCache>]) -> Result<Array> {
+        self.net.forward(ids, caches)
+    }
+}

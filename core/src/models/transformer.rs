@@ -1,0 +1,268 @@
+//! The pre-norm decoder shared by the llama family: RMSNorm -> attention
+//! (GQA, RoPE, optional q/k norm, optional fused qkv) -> residual -> RMSNorm
+//! -> SwiGLU MLP -> residual. Written op for op like mlx-lm's model files.
+use super::ArchConfig;
+use crate::cache::{KvCache, StandardCache};
+use crate::error::Result;
+use crate::mlx::{Array, Mask};
+use crate::nn::{Embedding, Linear, QuantParams, RmsNorm};
+use crate::rope::Rope;
+use crate::weights::Weights;
+
+enum Qkv {
+    Separate { q: Linear, k: Linear, v: Linear },
+    Fused(Linear),
+}
+
+struct Attention {
+    qkv: Qkv,
+    o_proj: Linear,
+    q_norm: Option<RmsNorm>,
+    k_norm: Option<RmsNorm>,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+}
+
+enum Mlp {
+    Separate { gate: Linear, up: Linear, down: Linear },
+    Fused { gate_up: Linear, down: Linear, hidden: i32 },
+}
+
+struct Block {
+    attn: Attention,
+    mlp: Mlp,
+    input_norm: RmsNorm,
+    post_norm: RmsNorm,
+}
+
+pub struct Transformer {
+    pub config: ArchConfig,
+    embed: Embedding,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+    rope: Rope,
+}
+
+// SAFETY: after loading, a Transformer is never mutated; its arrays are
+// evaluated, immutable MLX buffers whose handles are only cloned (an atomic
+// refcount) when building graphs. Graph evaluation itself is serialised by
+// `generate::mlx_lock`, so sharing the model between threads is sound.
+unsafe impl Sync for Transformer {}
+
+impl Attention {
+    fn forward(&self, x: &Array, mask: &Mask, cache: &mut dyn KvCache, rope: &Rope) -> Result<Array> {
+        let s = x.shape();
+        let (b, l) = (s[0], s[1]);
+        let (q, k, v) = match &self.qkv {
+            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+            Qkv::Fused(p) => {
+                let qkv = p.forward(x)?;
+                let qn = self.n_heads * self.head_dim;
+                let kn = self.n_kv_heads * self.head_dim;
+                let total = qkv.dim(-1);
+                (qkv.slice_axis(-1, 0, qn)?, qkv.slice_axis(-1, qn, qn + kn)?, qkv.slice_axis(-1, qn + kn, total)?)
+            }
+        };
+        let mut q = q.reshape(&[b, l, self.n_heads, -1])?;
+        let mut k = k.reshape(&[b, l, self.n_kv_heads, -1])?;
+        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+            q = qn.forward(&q)?;
+            k = kn.forward(&k)?;
+        }
+        let q = q.transpose(&[0, 2, 1, 3])?;
+        let k = k.transpose(&[0, 2, 1, 3])?;
+        let v = v.reshape(&[b, l, self.n_kv_heads, -1])?.transpose(&[0, 2, 1, 3])?;
+        let offset = cache.offset();
+        let q = rope.forward(&q, offset)?;
+        let k = rope.forward(&k, offset)?;
+        let (k, v) = cache.update_and_fetch(&k, &v)?;
+        let o = Array::sdpa(&q, &k, &v, self.scale, mask)?;
+        let o = o.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        self.o_proj.forward(&o)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Array) -> Result<Array> {
+        match self {
+            Mlp::Separate { gate, up, down } => down.forward(&Array::swiglu(&gate.forward(x)?, &up.forward(x)?)?),
+            Mlp::Fused { gate_up, down, hidden } => {
+                let gu = gate_up.forward(x)?;
+                let gate = gu.slice_axis(-1, 0, *hidden)?;
+                let up = gu.slice_axis(-1, *hidden, 2 * *hidden)?;
+                down.forward(&Array::swiglu(&gate, &up)?)
+            }
+        }
+    }
+}
+
+impl Transformer {
+    pub fn load(config: ArchConfig, w: &mut Weights) -> Result<Transformer> {
+        let c = &config;
+        let (d, hd) = (c.hidden_size, c.head_dim);
+        let eps = c.rms_norm_eps;
+        let embed = w.embedding("model.embed_tokens", c.vocab_size, d)?;
+        let mut layers = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            w.discard(&format!("{p}.self_attn.rotary_emb.inv_freq"));
+            let (qd, kd) = (c.n_heads * hd, c.n_kv_heads * hd);
+            let qkv = if c.fused {
+                Qkv::Fused(w.linear(&format!("{p}.self_attn.qkv_proj"), d, qd + 2 * kd, c.qkv_bias)?)
+            } else {
+                Qkv::Separate {
+                    q: w.linear(&format!("{p}.self_attn.q_proj"), d, qd, c.qkv_bias)?,
+                    k: w.linear(&format!("{p}.self_attn.k_proj"), d, kd, c.qkv_bias)?,
+                    v: w.linear(&format!("{p}.self_attn.v_proj"), d, kd, c.qkv_bias)?,
+                }
+            };
+            let (q_norm, k_norm) = if c.qk_norm {
+                (
+                    Some(w.rms_norm(&format!("{p}.self_attn.q_norm"), hd, eps)?),
+                    Some(w.rms_norm(&format!("{p}.self_attn.k_norm"), hd, eps)?),
+                )
+            } else {
+                (None, None)
+            };
+            let attn = Attention {
+                qkv,
+                o_proj: w.linear(&format!("{p}.self_attn.o_proj"), qd, d, c.o_bias)?,
+                q_norm,
+                k_norm,
+                n_heads: c.n_heads as i32,
+                n_kv_heads: c.n_kv_heads as i32,
+                head_dim: hd as i32,
+                scale: (hd as f64).powf(-0.5) as f32,
+            };
+            let im = c.intermediate_size;
+            let mlp = if c.fused {
+                Mlp::Fused {
+                    gate_up: w.linear(&format!("{p}.mlp.gate_up_proj"), d, 2 * im, c.mlp_bias)?,
+                    down: w.linear(&format!("{p}.mlp.down_proj"), im, d, c.mlp_bias)?,
+                    hidden: im as i32,
+                }
+            } else {
+                Mlp::Separate {
+                    gate: w.linear(&format!("{p}.mlp.gate_proj"), d, im, c.mlp_bias)?,
+                    up: w.linear(&format!("{p}.mlp.up_proj"), d, im, c.mlp_bias)?,
+                    down: w.linear(&format!("{p}.mlp.down_proj"), im, d, c.mlp_bias)?,
+                }
+            };
+            layers.push(Block {
+                attn,
+                mlp,
+                input_norm: w.rms_norm(&format!("{p}.input_layernorm"), d, eps)?,
+                post_norm: w.rms_norm(&format!("{p}.post_attention_layernorm"), d, eps)?,
+            });
+        }
+        let norm = w.rms_norm("model.norm", d, eps)?;
+        let lm_head = if c.tie_word_embeddings {
+            // mlx-lm drops a stored lm_head when the embeddings are tied.
+            for n in ["weight", "scales", "biases"] {
+                w.discard(&format!("lm_head.{n}"));
+            }
+            None
+        } else {
+            Some(w.linear("lm_head", d, c.vocab_size, false)?)
+        };
+        let rope = Rope::new(c.rope_dims, c.rope_traditional, c.rope.clone())?;
+        Ok(Transformer { config, embed, layers, norm, lm_head, rope })
+    }
+
+    /// ids: [B, L] int32 -> logits [B, L, vocab].
+    pub fn forward(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+        let mut h = self.embed.forward(ids)?;
+        let mask = if h.dim(1) > 1 { Mask::Causal } else { Mask::None };
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, &mask, cache.as_mut(), &self.rope)?;
+            let h2 = h.add(&r)?;
+            let r = layer.mlp.forward(&layer.post_norm.forward(&h2)?)?;
+            h = h2.add(&r)?;
+        }
+        let h = self.norm.forward(&h)?;
+        match &self.lm_head {
+            Some(head) => head.forward(&h),
+            None => self.embed.as_linear(&h),
+        }
+    }
+
+    pub fn make_caches(&self) -> Vec<Box<dyn KvCache>> {
+        (0..self.layers.len()).map(|_| Box::new(StandardCache::new()) as Box<dyn KvCache>).collect()
+    }
+
+    fn linears(&self) -> Vec<&Linear> {
+        let mut v = vec![&self.embed.0];
+        for l in &self.layers {
+            match &l.attn.qkv {
+                Qkv::Separate { q, k, v: vv } => v.extend([q, k, vv]),
+                Qkv::Fused(p) => v.push(p),
+            }
+            v.push(&l.attn.o_proj);
+            match &l.mlp {
+                Mlp::Separate { gate, up, down } => v.extend([gate, up, down]),
+                Mlp::Fused { gate_up, down, .. } => v.extend([gate_up, down]),
+            }
+        }
+        v.extend(self.lm_head.iter());
+        v
+    }
+
+    /// Every weight array, for evaluating them once at load.
+    pub fn arrays(&self) -> Vec<&Array> {
+        let mut v: Vec<&Array> = self.linears().into_iter().flat_map(|l| l.arrays()).collect();
+        for l in &self.layers {
+            v.push(&l.input_norm.weight);
+            v.push(&l.post_norm.weight);
+            if let Some(n) = &l.attn.q_norm {
+                v.push(&n.weight);
+            }
+            if let Some(n) = &l.attn.k_norm {
+                v.push(&n.weight);
+            }
+        }
+        v.push(&self.norm.weight);
+        v
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.arrays().iter().map(|a| a.nbytes()).sum()
+    }
+
+    /// Parameter count as the checkpoint would have it unquantized.
+    pub fn parameters(&self) -> u64 {
+        let mut n: u64 = 0;
+        for l in self.linears() {
+            n += match l {
+                Linear::Dense { weight, bias } => weight.size() as u64 + bias.as_ref().map_or(0, |b| b.size() as u64),
+                Linear::Quantized { weight, bias, q, .. } => {
+                    let s = weight.shape();
+                    (s[0] as u64 * s[1] as u64 * 32 / q.bits as u64) + bias.as_ref().map_or(0, |b| b.size() as u64)
+                }
+            };
+        }
+        let norms: u64 = self.arrays().iter().filter(|a| a.ndim() == 1).map(|a| a.size() as u64).sum();
+        // biases were counted twice above (as 1-d arrays); norms are the rest.
+        let bias_elems: u64 = self
+            .linears()
+            .iter()
+            .map(|l| match l {
+                Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref().map_or(0, |b| b.size() as u64),
+            })
+            .sum();
+        n + norms - bias_elems
+    }
+
+    /// Bits of the main weights: None when unquantized, else the most common width.
+    pub fn quantization(&self) -> Option<QuantParams> {
+        let mut counts: std::collections::HashMap<(i32, i32), usize> = Default::default();
+        for l in self.linears() {
+            if let Some(q) = l.quant() {
+                *counts.entry((q.bits, q.group_size)).or_default() += 1;
+            }
+        }
+        counts.into_iter().max_by_key(|(_, c)| *c).map(|((bits, group_size), _)| QuantParams { bits, group_size })
+    }
+}
