@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite in one command, from a fresh clone: installs what the
+# tests need, builds, then runs the Rust tests and the Python suites (parity
+# with mlx-lm, chat templates, bad inputs, bindings).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+export CIDER_PYTHON="$PWD/.venv/bin/python"
+export CIDER_BIN="$PWD/target/release/cider"
+
+echo "== cargo test"
+cargo test --release --workspace 2>&1
+
+echo "== pytest"
+.venv/bin/python -m pytest tests/python -q -p no:cacheprovider
