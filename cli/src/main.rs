@@ -147,7 +147,7 @@ fn prompt_ids(model: &Model, a: &GenerateArgs) -> Result<Vec<u32>, Error> {
 }
 
 fn generate(a: GenerateArgs) -> Result<(), Error> {
-    let model = Model::load(&a.model)?;
+    let model = std::sync::Arc::new(Model::load(&a.model)?);
     let ids = prompt_ids(&model, &a)?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
@@ -167,7 +167,7 @@ fn generate(a: GenerateArgs) -> Result<(), Error> {
         }
         true
     };
-    let r = Session::new(&model).generate(&ids, &opts, &mut on_event)?;
+    let r = Session::new(model.clone()).generate(&ids, &opts, &mut on_event)?;
     let s = &r.stats;
     if text_mode {
         println!();

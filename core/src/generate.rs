@@ -8,7 +8,7 @@ use crate::mlx::{self, memory, Array, Dtype};
 use crate::model::Model;
 use crate::sampling::{apply_repetition_penalty, Sampler, SamplerConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 static MLX_LOCK: Mutex<()> = Mutex::new(());
@@ -106,9 +106,9 @@ pub type StreamFn<'a> = dyn FnMut(&StreamEvent) -> bool + 'a;
 
 /// A generation context: owns KV caches, borrows the shared model. One
 /// thread at a time; create one per concurrent generation.
-pub struct Session<'m> {
-    pub model: &'m Model,
-    cancel: Option<&'m AtomicBool>,
+pub struct Session {
+    pub model: Arc<Model>,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 struct Stepper<'a> {
@@ -208,23 +208,24 @@ fn floor_char(s: &str, mut i: usize) -> usize {
     i
 }
 
-impl<'m> Session<'m> {
-    pub fn new(model: &'m Model) -> Self {
+impl Session {
+    pub fn new(model: Arc<Model>) -> Self {
         Session { model, cancel: None }
     }
 
-    /// Also stop (as Cancelled) when `flag` becomes true; checked every token.
-    pub fn with_cancel_flag(mut self, flag: &'m AtomicBool) -> Self {
+    /// Also stop (as Cancelled) when `flag` becomes true; checked between
+    /// tokens and between prefill chunks. Another thread may set it.
+    pub fn with_cancel_flag(mut self, flag: Arc<AtomicBool>) -> Self {
         self.cancel = Some(flag);
         self
     }
 
     fn cancelled(&self) -> bool {
-        self.cancel.is_some_and(|c| c.load(Ordering::Relaxed))
+        self.cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed))
     }
 
     pub fn generate(&mut self, prompt: &[u32], opts: &GenerateOptions, on_event: &mut StreamFn) -> Result<GenerationResult> {
-        let model = self.model;
+        let model: &Model = &self.model;
         let vocab = model.info.vocab_size;
         if prompt.is_empty() {
             return Err(Error::invalid_arg("the prompt is empty: at least one token is needed"));
