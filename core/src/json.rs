@@ -15,13 +15,10 @@ pub struct JsonFile {
 pub fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| {
-        Error::invalid_model(format!(
-            "{}: invalid JSON at line {} column {}: {}",
-            path.display(),
-            e.line(),
-            e.column(),
-            e
-        ))
+        // serde_json's message ends with its own " at line L column C".
+        let msg = e.to_string();
+        let msg = msg.split(" at line ").next().unwrap_or(&msg).to_string();
+        Error::invalid_model(format!("{}: invalid JSON at line {} column {}: {msg}", path.display(), e.line(), e.column()))
     })
 }
 

@@ -79,6 +79,7 @@ fn check_params(ctx: &str, bits: i32, group_size: i32) -> Result<()> {
 pub struct Weights {
     tensors: HashMap<String, Array>,
     shapes: HashMap<String, Vec<i64>>,
+    files: HashMap<String, std::path::PathBuf>,
     pub quant: QuantConfig,
     pub headers: Vec<Header>,
 }
@@ -94,17 +95,19 @@ impl Weights {
         let mut tensors = HashMap::new();
         let mut shapes = HashMap::new();
         let mut headers = Vec::new();
+        let mut files = HashMap::new();
         for f in weight_files(dir)? {
             let h = Header::read(&f)?;
             let path = f.to_str().ok_or_else(|| Error::invalid_arg(format!("{}: path is not UTF-8", f.display())))?;
             let loaded = io::load_safetensors(path).map_err(|e| e.context(f.display()))?;
             for (name, info) in &h.tensors {
                 shapes.insert(name.clone(), info.shape.clone());
+                files.insert(name.clone(), f.clone());
             }
             tensors.extend(loaded);
             headers.push(h);
         }
-        Ok(Weights { tensors, shapes, quant, headers })
+        Ok(Weights { tensors, shapes, files, quant, headers })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -124,7 +127,8 @@ impl Weights {
         };
         if actual.as_slice() != shape {
             return Err(Error::invalid_model(format!(
-                "tensor \"{name}\" has shape {} but the config implies {}",
+                "{}: tensor \"{name}\" has shape {} but config.json implies {}",
+                self.files[name].display(),
                 shape_str(actual),
                 shape_str(shape)
             )));
