@@ -71,6 +71,7 @@ impl ChatTemplate {
         env.set_auto_escape_callback(|_| AutoEscape::None);
         env.set_keep_trailing_newline(false);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_formatter(python_formatter);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
@@ -167,6 +168,86 @@ fn rewrite_generation_tags(source: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// `{{ value }}` writes what Python's `str()` would: lists and dicts as their repr
+/// (`['a', 1]`, `{'k': None}`), floats as `repr(float)`. minijinja would write JSON-like text.
+fn python_formatter(
+    out: &mut minijinja::Output<'_>,
+    state: &minijinja::State<'_, '_>,
+    value: &Value,
+) -> std::result::Result<(), minijinja::Error> {
+    match value.kind() {
+        ValueKind::Seq | ValueKind::Map => {
+            let mut s = String::new();
+            python_repr(&mut s, value)?;
+            out.write_str(&s).map_err(|e| minijinja::Error::new(JErrorKind::WriteFailure, e.to_string()))
+        }
+        ValueKind::Number if !value.is_integer() => {
+            let mut s = String::new();
+            write_number(&mut s, value);
+            out.write_str(&s).map_err(|e| minijinja::Error::new(JErrorKind::WriteFailure, e.to_string()))
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
+fn python_repr(out: &mut String, v: &Value) -> std::result::Result<(), minijinja::Error> {
+    match v.kind() {
+        ValueKind::None | ValueKind::Undefined => out.push_str("None"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "True" } else { "False" }),
+        ValueKind::Number => write_number(out, v),
+        ValueKind::String => python_str_repr(out, v.as_str().unwrap_or_default()),
+        ValueKind::Seq => {
+            out.push('[');
+            for (i, item) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(out, &item)?;
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            for (i, key) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                python_repr(out, &key)?;
+                out.push_str(": ");
+                python_repr(out, &v.get_item(&key)?)?;
+            }
+            out.push('}');
+        }
+        _ => {
+            let _ = write!(out, "{v}");
+        }
+    }
+    Ok(())
+}
+
+/// Python's `repr(str)`: single quotes unless the text has ' and no ".
+fn python_str_repr(out: &mut String, s: &str) {
+    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
 }
 
 fn raise_exception(message: String) -> std::result::Result<Value, minijinja::Error> {
@@ -357,7 +438,6 @@ fn python_float_repr(f: f64) -> String {
     let (mantissa, exp) = sci.split_once('e').expect("{:e} always has an exponent");
     let exp: i32 = exp.parse().expect("exponent is an integer");
     if !(-4..16).contains(&exp) {
-        let mantissa = if mantissa.contains('.') { mantissa.to_owned() } else { mantissa.to_owned() };
         let sign = if exp < 0 { '-' } else { '+' };
         return format!("{mantissa}e{sign}{:02}", exp.abs());
     }
@@ -415,6 +495,14 @@ mod tests {
         assert_eq!(render("{{ messages[0] | tojson(ensure_ascii=true, sort_keys=true) }}").unwrap(),
             r#"{"content": "h\u00e9 \"x\"\n<b>", "role": "user"}"#);
         assert_eq!(render("{{ [1, 2.5, 1e-7, 1e20, none, true] | tojson }}").unwrap(), "[1, 2.5, 1e-07, 1e+20, null, true]");
+    }
+
+    #[test]
+    fn values_print_like_python() {
+        assert_eq!(
+            render("{{ none }}|{{ true }}|{{ [1, 'a', \"it's\"] }}|{{ {'k': none} }}|{{ 1e20 }}|{{ 0.5 }}").unwrap(),
+            "None|True|[1, 'a', \"it's\"]|{'k': None}|1e+20|0.5"
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ impl<'a> StreamDecoder<'a> {
         Ok(out)
     }
 
-    /// All ids pushed since the last `finish` that are still in the window (for debugging).
+    /// Ids pushed but not yet turned into text (held back as possibly incomplete).
     pub fn pending_ids(&self) -> &[u32] {
         &self.ids[self.read..]
     }

@@ -2,7 +2,6 @@
 mod common;
 
 use common::*;
-use cider_core::cache::KvCache as _;
 use cider_core::mlx::{Array, Dtype};
 use cider_core::{ErrorKind, FinishReason, GenerateOptions, Model, SamplerConfig, Session, StreamEvent};
 use std::sync::Arc;

@@ -69,7 +69,8 @@ impl Drop for TempDir {
 
 /// Loads `dir` once per test binary (large vocabularies are slow to parse in debug builds).
 fn load(fx: &Path, dir: &str) -> Arc<Tokenizer> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<OnceLock<Arc<Tokenizer>>>>>> = OnceLock::new();
+    type Slot = Arc<OnceLock<Arc<Tokenizer>>>;
+    static CACHE: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
     let cell = CACHE.get_or_init(Default::default).lock().unwrap().entry(dir.to_owned()).or_default().clone();
     cell.get_or_init(|| Arc::new(Tokenizer::from_dir(&fx.join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}"))))
         .clone()
@@ -304,6 +305,25 @@ fn stream_decoder_window_stays_small() {
     assert_eq!(out, text);
     // Held-back ids never pile up, so each step decodes a short window.
     assert!(worst <= 4, "held back {worst} ids");
+}
+
+#[test]
+fn malformed_bytes_do_not_stall_the_stream() {
+    let fx = fixtures_or_skip!();
+    let tok = load(&fx, QWEN3);
+    // Byte-level BPE: "ä" is the piece for the lone byte 0xE4, a UTF-8 lead byte that never
+    // completes here. Every window ends in U+FFFD, yet text must keep flowing.
+    let lead = tok.token_to_id("ä").unwrap();
+    let ids = vec![lead; 40];
+    let mut dec = tok.stream_decoder();
+    let mut emitted = String::new();
+    for &id in &ids {
+        emitted += &dec.push(id).unwrap();
+        assert!(dec.pending_ids().len() <= 9, "held back {} ids", dec.pending_ids().len());
+    }
+    assert!(!emitted.is_empty());
+    emitted += &dec.finish().unwrap();
+    assert_eq!(emitted, tok.decode(&ids, false).unwrap());
 }
 
 #[test]

@@ -16,6 +16,13 @@ pub fn load_safetensors(path: &str) -> Result<HashMap<String, Array>> {
     Ok(out)
 }
 
+/// The `__metadata__` strings of a safetensors file (e.g. `format: mlx`).
+pub fn safetensors_metadata(path: &str) -> Result<HashMap<String, String>> {
+    let st = ffi::load_safetensors(path)?;
+    let kv = ffi::st_metadata(&st);
+    Ok(kv.chunks(2).map(|c| (c[0].clone(), c[1].clone())).collect())
+}
+
 pub fn save_safetensors(path: &str, tensors: &[(String, Array)]) -> Result<()> {
     let mut l = ffi::list_new();
     let mut names = Vec::new();
