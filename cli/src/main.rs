@@ -1,6 +1,7 @@
 //! The `cider` command line. It only parses flags and prints: all behaviour
 //! lives in cider-core.
 mod bench;
+mod models;
 
 use cider_core::tokenizer::ChatMessage;
 use cider_core::{Error, GenerateOptions, Model, SamplerConfig, Session, StreamEvent};
@@ -41,6 +42,8 @@ enum Cmd {
     },
     /// Measure load time, time to first token, prompt and generation speed.
     Bench(bench::BenchArgs),
+    /// Model registry: list, inspect, scan folders, select a model for a task.
+    Models(models::ModelsArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -83,6 +86,28 @@ struct GenerateArgs {
     ignore_eos: bool,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
+    /// Where MLX runs: the GPU when the installed MLX has one (CUDA/Metal), else the CPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum Device {
+    Auto,
+    Cpu,
+    Gpu,
+}
+
+fn select_device(d: Device) -> Result<(), Error> {
+    use cider_core::mlx::device;
+    match d {
+        Device::Auto => device::set_gpu(device::gpu_available()),
+        Device::Cpu => device::set_gpu(false),
+        Device::Gpu if !device::gpu_available() => {
+            Err(Error::unsupported("--device gpu: the installed MLX has no GPU backend (install mlx[cuda13] or use macOS)"))
+        }
+        Device::Gpu => device::set_gpu(true),
+    }
 }
 
 fn main() {
@@ -126,6 +151,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             Ok(())
         }
         Cmd::Bench(a) => bench::run(a),
+        Cmd::Models(a) => models::run(a),
     }
 }
 
@@ -147,6 +173,7 @@ fn prompt_ids(model: &Model, a: &GenerateArgs) -> Result<Vec<u32>, Error> {
 }
 
 fn generate(a: GenerateArgs) -> Result<(), Error> {
+    select_device(a.device)?;
     let model = std::sync::Arc::new(Model::load(&a.model)?);
     let ids = prompt_ids(&model, &a)?;
     let opts = GenerateOptions {
