@@ -20,3 +20,4 @@ pub use error::{Error, ErrorKind, Result};
 pub use generate::{FinishReason, GenerateOptions, GenerationResult, Session, Stats, StreamEvent};
 pub use model::{Model, ModelInfo};
 pub use sampling::SamplerConfig;
+pub mod manager;
