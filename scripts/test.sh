@@ -10,6 +10,8 @@ export CIDER_BIN="$PWD/target/release/cider"
 
 echo "== cargo test"
 cargo test --release --workspace 2>&1
+bash scripts/test_c.sh
 
+bash scripts/test_python.sh
 echo "== pytest"
 .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
