@@ -200,10 +200,26 @@ FALLBACK_TEMPLATE = (
 
 def _train_fallback_tokenizer(out: Path) -> None:
     """A byte-level BPE trained here, for machines without the fixtures."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Qwen2's split rule, spelled out: transformers 5 picks its tokenizer class
+    # from config.json's model_type, and Qwen2Tokenizer replaces whatever
+    # pre-tokenizer tokenizer.json has with this one. Writing it into the file
+    # keeps mlx-lm (through transformers) and the file in agreement for every
+    # architecture.
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(
+                    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+                ),
+                behavior="isolated",
+            ),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     trainer = trainers.BpeTrainer(

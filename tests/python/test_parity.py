@@ -18,29 +18,31 @@ from conftest import Reference, run_cider
 
 MAX_TOKENS = 16
 
-# (arch, dtype, quant). Every arch sees bf16 and at least one quantized kind;
-# every dtype and quant kind is covered somewhere.
-CASES: List[Tuple[str, str, Optional[str]]] = [
-    ("llama", "bfloat16", None),
-    ("llama", "bfloat16", "q4g64"),
-    ("llama-rope3", "bfloat16", None),
-    ("llama-rope3", "bfloat16", "q8g32"),
-    ("llama-linear", "bfloat16", None),
-    ("llama-linear", "float16", None),
-    ("llama-linear", "bfloat16", "q4g64"),
-    ("mistral", "bfloat16", None),
-    ("mistral", "bfloat16", "mixed"),
-    ("qwen2", "bfloat16", None),
-    ("qwen2", "float16", None),
-    ("qwen2", "bfloat16", "q4g64"),
-    ("qwen3", "bfloat16", None),
-    ("qwen3", "float32", None),
-    ("qwen3", "bfloat16", "q4g64"),
-    ("qwen3", "bfloat16", "q8g32"),
-    ("qwen3", "bfloat16", "mixed"),
-    ("phi3", "bfloat16", None),
-    ("phi3", "bfloat16", "q4g64"),
-    ("phi3", "float16", "mixed"),
+# (arch, dtype, quant, seed). Every arch sees bf16 and at least one quantized
+# kind; every dtype and quant kind is covered somewhere. The seed is the first
+# that passes the margin check below with mlx 0.32.4 / mlx-lm 0.32.2 (found by
+# searching seeds 0-7); it saves the search on every run.
+CASES: List[Tuple[str, str, Optional[str], int]] = [
+    ("llama", "bfloat16", None, 0),
+    ("llama", "bfloat16", "q4g64", 1),
+    ("llama-rope3", "bfloat16", None, 2),
+    ("llama-rope3", "bfloat16", "q8g32", 1),
+    ("llama-linear", "bfloat16", None, 0),
+    ("llama-linear", "float16", None, 0),
+    ("llama-linear", "bfloat16", "q4g64", 1),  # best of 8 seeds has a 1-ulp step
+    ("mistral", "bfloat16", None, 0),
+    ("mistral", "bfloat16", "mixed", 0),
+    ("qwen2", "bfloat16", None, 1),
+    ("qwen2", "float16", None, 0),
+    ("qwen2", "bfloat16", "q4g64", 0),
+    ("qwen3", "bfloat16", None, 2),
+    ("qwen3", "float32", None, 0),
+    ("qwen3", "bfloat16", "q4g64", 4),
+    ("qwen3", "bfloat16", "q8g32", 1),
+    ("qwen3", "bfloat16", "mixed", 2),
+    ("phi3", "bfloat16", None, 1),
+    ("phi3", "bfloat16", "q4g64", 3),
+    ("phi3", "float16", "mixed", 0),
 ]
 
 # name -> (prompt, use chat template, system prompt)
@@ -62,14 +64,15 @@ LONG_PROMPTS = {
 
 # With random weights the best and second-best bf16 log-probabilities are
 # sometimes equal or one ulp apart; a different but valid accumulation order
-# then flips the argmax. Among a few seeds take the first whose reference runs
-# keep this much of a gap at every step, so that a mismatch points at a bug.
+# then flips the argmax. Starting from the case's seed, take the first seed
+# whose reference runs keep this much of a gap at every step (else the best of
+# those tried), so that a mismatch points at a bug rather than at a tie.
 MIN_MARGIN_ULP = 2.0
-SEEDS = (0, 1, 2, 3)
+EXTRA_SEEDS = (0, 1, 2)
 
 
 def _case_id(case) -> str:
-    arch, dtype, quant = case
+    arch, dtype, quant, _ = case
     return f"{arch}-{ {'bfloat16': 'bf16', 'float16': 'f16', 'float32': 'f32'}[dtype]}-{quant or 'noq'}"
 
 
@@ -90,9 +93,9 @@ class _Cases:
 
     def get(self, case):
         if case not in self._done:
-            arch, dtype, quant = case
+            arch, dtype, quant, first = case
             best = None
-            for seed in SEEDS:
+            for seed in (first,) + tuple(x for x in EXTRA_SEEDS if x != first):
                 d = self.factory.get(arch, dtype, quant, seed)
                 refs = {
                     name: self.ref.generate(d, prompt, MAX_TOKENS, chat=chat, system=system)
@@ -151,7 +154,7 @@ def _param_list():
 
 @pytest.mark.parametrize("case,prompt_name", _param_list())
 def test_generate_parity(cider_bin, cases, case, prompt_name):
-    arch, dtype, quant = case
+    arch, dtype, quant, _ = case
     model_dir, refs, worst, seed = cases.get(case)
     prompt, chat, system = _prompts_for(arch)[prompt_name]
     ref: Reference = refs[prompt_name]
@@ -188,11 +191,11 @@ def test_matrix_covers_everything():
 
     assert arches == set(models.ARCHES)
     for arch in arches:
-        kinds = {(d, q) for a, d, q in CASES if a == arch}
+        kinds = {(d, q) for a, d, q, _ in CASES if a == arch}
         assert ("bfloat16", None) in kinds, arch
         assert any(q for _, q in kinds), arch
-    assert {q for _, _, q in CASES} == {None, "q4g64", "q8g32", "mixed"}
-    assert {d for _, d, _ in CASES} == {"bfloat16", "float16", "float32"}
+    assert {c[2] for c in CASES} == {None, "q4g64", "q8g32", "mixed"}
+    assert {c[1] for c in CASES} == {"bfloat16", "float16", "float32"}
 
 
 # ------------------------------------------------------------- tokenize
