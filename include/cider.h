@@ -2,7 +2,8 @@
  * cider.h: the C interface of libcider, an embeddable LLM runtime on Apple MLX.
  *
  * Conventions
- * - Functions are named cider_<noun>_<verb>. Handles (cider_model, cider_session) are opaque.
+ * - Functions are named cider_<noun>_<verb>. Handles (cider_model, cider_session,
+ *   cider_manager) are opaque.
  * - Every fallible function returns a cider_status. Output parameters are written only on
  *   success (exceptions are stated: CIDER_STATUS_BUFFER_TOO_SMALL writes the size needed,
  *   CIDER_STATUS_CANCELLED fills a generation result). On failure,
@@ -14,11 +15,12 @@
  *   `char **` are released with cider_string_free. `const` pointers are only read.
  *   Borrowed pointers say how long they live.
  * - Text is UTF-8. Token ids are int32_t.
- * - Threads: cider_model may be shared by any number of threads; a cider_session is used by
- *   one thread at a time; the last error message is per thread. Functions not tied to an
- *   object are thread-safe.
- * - Option structs (cider_load_options, cider_generate_options) and output structs only
- *   ever gain fields at the end. Fill options from their _default() function.
+ * - Threads: cider_model and cider_manager may be shared by any number of threads; a
+ *   cider_session is used by one thread at a time; the last error message is per thread.
+ *   Functions not tied to an object are thread-safe.
+ * - Option structs (cider_load_options, cider_generate_options, cider_manager_options) and
+ *   output structs only ever gain fields at the end. Fill options from their _default()
+ *   function.
  * - Callbacks receive the caller's user_data and return false to cancel. They run on the
  *   calling thread and must not unwind (C++ exceptions, longjmp) through cider.
  *
@@ -122,13 +124,50 @@ typedef enum cider_finish_reason {
 } cider_finish_reason;
 
 /**
+ * What `cider_manager_unload` did.
+ */
+typedef enum cider_unload_outcome {
+    /**
+     * The model was idle and is unloaded.
+     */
+    CIDER_UNLOAD_OUTCOME_UNLOADED = 0,
+    /**
+     * The model is in use (an acquired `cider_model` or a session made from
+     * one is alive): it is unloaded when the last acquired `cider_model` of it
+     * is freed, or, if sessions outlive that, at the manager's next acquire
+     * or keep-alive check after they are freed.
+     */
+    CIDER_UNLOAD_OUTCOME_DEFERRED = 1,
+    /**
+     * The model is registered but was not loaded.
+     */
+    CIDER_UNLOAD_OUTCOME_NOT_LOADED = 2,
+} cider_unload_outcome;
+
+/**
+ * Loads models on demand within a memory budget, evicting idle unpinned
+ * models by (priority, least recently used), and chooses models for tasks.
+ * The registry file format, name resolution and memory accounting are
+ * described in docs/registry.md.
+ *
+ * Made by `cider_manager_new`, released by `cider_manager_free`.
+ * Thread-safe: any number of threads may call any `cider_manager_*`
+ * function on one manager at once (acquiring, generating with and freeing
+ * acquired models included). Only `cider_manager_free` must not race with
+ * other calls on the same manager.
+ */
+typedef struct cider_manager cider_manager;
+
+/**
  * A loaded model: weights, tokenizer, chat template and configuration.
  *
- * Made by `cider_model_load`, released by `cider_model_free`. Immutable
- * after loading: one model may be used by any number of threads at once
- * (tokenizing, applying chat templates, creating sessions) without locking.
- * Sessions hold their own reference, so a model may be freed while its
- * sessions are still in use; the memory goes when the last one is freed.
+ * Made by `cider_model_load` or `cider_manager_acquire`, released by
+ * `cider_model_free`. Immutable after loading: one model may be used by any
+ * number of threads at once (tokenizing, applying chat templates, creating
+ * sessions) without locking. Sessions hold their own reference, so a model
+ * may be freed while its sessions are still in use; the memory goes when
+ * the last one is freed (for a model from a manager: when the manager
+ * unloads it, which it does only after that).
  */
 typedef struct cider_model cider_model;
 
@@ -403,6 +442,34 @@ typedef struct cider_generation_result {
     struct cider_generation_stats stats;
 } cider_generation_result;
 
+/**
+ * Options for `cider_manager_new`. Get the defaults from
+ * `cider_manager_options_default()` (or zero the struct), then set fields.
+ * Fields are only ever appended.
+ */
+typedef struct cider_manager_options {
+    /**
+     * Bytes of memory the manager may fill with loaded models (weights plus
+     * the KV reserve of `context_length`). 0 (the default): the registry
+     * file's "budget", else 70% of system memory, capped by MLX's memory
+     * limit.
+     */
+    uint64_t budget_bytes;
+    /**
+     * Usage statistics file (JSON, written atomically), NUL-terminated;
+     * need not be UTF-8. Read only during `cider_manager_new`. NULL (the
+     * default): the registry file's "stats", else statistics are kept in
+     * memory only.
+     */
+    const char *stats_path;
+    /**
+     * Tokens of KV cache charged to the budget for each loaded model. 0 (the
+     * default): the registry file's `defaults.context_length`, else 0
+     * (weights only).
+     */
+    size_t context_length;
+} cider_manager_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -469,10 +536,12 @@ enum cider_status cider_model_load(const char *path,
                                    struct cider_model **out);
 
 /**
- * Releases a model made by `cider_model_load`. NULL is a no-op. Sessions
- * made from it stay usable (they hold their own reference); pointers from
- * `cider_model_get_info` become invalid. No other thread may be using this
- * handle when it is freed.
+ * Releases a model made by `cider_model_load` or `cider_manager_acquire`.
+ * NULL is a no-op. Sessions made from it stay usable (they hold their own
+ * reference); pointers from `cider_model_get_info` become invalid. For a
+ * model from a manager this ends its use: once its sessions are freed too,
+ * the manager may evict it, and a deferred `cider_manager_unload` happens.
+ * No other thread may be using this handle when it is freed.
  */
 void cider_model_free(struct cider_model *model);
 
@@ -559,7 +628,8 @@ enum cider_status cider_chat_template_apply(const struct cider_model *model,
 
 /**
  * Releases a string returned by cider (`cider_detokenize`,
- * `cider_chat_template_apply`). NULL is a no-op. Thread-safe.
+ * `cider_chat_template_apply`, the `cider_manager_*` JSON functions). NULL
+ * is a no-op. Thread-safe.
  */
 void cider_string_free(char *s);
 
@@ -643,6 +713,311 @@ enum cider_status cider_session_generate_tokens(struct cider_session *session,
  * zero-initialised (`cider_generation_result r = {0};`).
  */
 void cider_generation_result_free(struct cider_generation_result *result);
+
+/**
+ * The default manager options: the default budget, no statistics file,
+ * weights-only accounting (unless the registry file says otherwise).
+ *
+ * Thread-safe; cannot fail.
+ */
+struct cider_manager_options cider_manager_options_default(void);
+
+/**
+ * Makes a manager over the registry file at `registry_path` (JSON, see
+ * docs/registry.md): the folders it names are scanned and its metadata
+ * applied now, reading only config.json and safetensors headers. No model
+ * is loaded.
+ *
+ * - `registry_path`: NUL-terminated; need not be UTF-8. NULL for an empty
+ *   registry (add models with `cider_manager_register` / `cider_manager_scan`).
+ * - `options`: NULL for the defaults (`cider_manager_options_default()`).
+ * - `out`: must not be NULL; on success receives a new manager owned by the
+ *   caller, to be released with `cider_manager_free`. Untouched on failure.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`
+ * (`out` NULL; a registry file error: bad JSON with line and column, a
+ * wrong or unknown key, named with its key path); `CIDER_STATUS_NOT_FOUND`
+ * (no registry file, a scan folder or model named by it missing);
+ * `CIDER_STATUS_INVALID_MODEL` / `CIDER_STATUS_UNSUPPORTED` (a model folder
+ * named by the file cannot be described; a corrupt statistics file is
+ * `CIDER_STATUS_INVALID_ARGUMENT`); `CIDER_STATUS_BACKEND` (I/O errors).
+ */
+enum cider_status cider_manager_new(const char *registry_path,
+                                    const struct cider_manager_options *options,
+                                    struct cider_manager **out);
+
+/**
+ * Releases a manager. NULL is a no-op. Models acquired from it stay usable:
+ * each keeps the manager's state alive until it is freed. Once nothing
+ * acquired is left, every loaded model is unloaded and the statistics are
+ * saved (to the statistics file, if any). No other thread may be using this
+ * handle when it is freed.
+ */
+void cider_manager_free(struct cider_manager *manager);
+
+/**
+ * Registers the model folder `path` under `name` (replacing a model of that
+ * name), reading its config.json and safetensors headers. Does not load it.
+ *
+ * - `manager`, `name` (UTF-8), `path` (need not be UTF-8): must not be NULL.
+ * - `metadata_json`: NULL for the defaults, or a JSON object with the keys
+ *   of a registry file's `models.<name>` entry except `path` (docs/registry.md):
+ *   `aliases` (list of strings), `priority` (integer >= 0, 0 = most
+ *   important; default 10), `tasks` (list of strings), `scores` (object of
+ *   numbers), `pinned` (bool), `keep_alive_s` (seconds; 0 = stay until
+ *   evicted), `description` (string). Unknown keys are errors.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`
+ * (a NULL argument, bad metadata named by key, a name or alias already used
+ * by another model); `CIDER_STATUS_NOT_FOUND` (no such folder or
+ * config.json); `CIDER_STATUS_INVALID_MODEL` / `CIDER_STATUS_UNSUPPORTED`
+ * (the folder cannot be described); `CIDER_STATUS_BACKEND`.
+ */
+enum cider_status cider_manager_register(const struct cider_manager *manager,
+                                         const char *name,
+                                         const char *path,
+                                         const char *metadata_json);
+
+/**
+ * Registers every model folder under `dir`: `dir` itself if it holds
+ * config.json (named by the folder's name), else `dir/name` and
+ * `dir/org/name` (named `name` and `org/name`). Folders already registered
+ * (by path) are kept as they are; a name already taken, or a folder that
+ * cannot be described, is skipped. New models take the registry file's
+ * `defaults`. No model is loaded.
+ *
+ * - `manager`, `dir` (need not be UTF-8): must not be NULL.
+ * - `out_added`: may be NULL; on success receives how many models were added.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`
+ * (a NULL argument); `CIDER_STATUS_NOT_FOUND` (no such folder);
+ * `CIDER_STATUS_BACKEND` (I/O errors).
+ */
+enum cider_status cider_manager_scan(const struct cider_manager *manager,
+                                     const char *dir,
+                                     size_t *out_added);
+
+/**
+ * Registers the models in the Hugging Face hub cache (`$HF_HUB_CACHE`, else
+ * `$HF_HOME/hub`, else `~/.cache/huggingface/hub`), named by repo id
+ * (`org/name`). A missing cache adds nothing.
+ *
+ * - `manager`: must not be NULL.
+ * - `out_added`: may be NULL; on success receives how many models were added.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK` or `CIDER_STATUS_INVALID_ARGUMENT`.
+ */
+enum cider_status cider_manager_scan_hf_cache(const struct cider_manager *manager,
+                                              size_t *out_added);
+
+/**
+ * The loaded model `name` (a name, an alias, or a model folder path, which
+ * is registered on the fly), loading it first if needed. To make room, idle
+ * unpinned models are unloaded, least important (largest priority number)
+ * first, then least recently used.
+ *
+ * - `manager`, `name` (UTF-8): must not be NULL.
+ * - `allow_fallback`: when `name` cannot fit, take instead the best smaller
+ *   model that shares one of its task tags (ranked as `cider_manager_select`
+ *   ranks) rather than failing. `cider_manager_loaded_json` shows which.
+ * - `out`: must not be NULL; on success receives a model owned by the
+ *   caller, used like one from `cider_model_load` and released with
+ *   `cider_model_free`. Untouched on failure. While it, or a session made
+ *   from it, is alive, the model is in use: never evicted, and an unload is
+ *   deferred until the last of them is freed. Several acquires of one model
+ *   share its weights. It may outlive the manager.
+ *
+ * Thread-safe; a load blocks other threads' loads and generation steps
+ * while it reads weights.
+ *
+ * Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT` (a NULL
+ * argument, text that is not UTF-8); `CIDER_STATUS_NOT_FOUND` (no model of
+ * that name, alias or path; the message lists the known names);
+ * `CIDER_STATUS_OUT_OF_MEMORY` (the model needs more than the whole budget,
+ * or pinned and in-use models hold the room and no fallback fits; the
+ * message gives the bytes needed, the budget and what is loaded);
+ * `CIDER_STATUS_INVALID_MODEL`; `CIDER_STATUS_UNSUPPORTED`;
+ * `CIDER_STATUS_BACKEND` (as `cider_model_load`).
+ */
+enum cider_status cider_manager_acquire(const struct cider_manager *manager,
+                                        const char *name,
+                                        bool allow_fallback,
+                                        struct cider_model **out);
+
+/**
+ * Loads models in order without keeping them in use (later ones may evict
+ * earlier ones), stopping at the first failure.
+ *
+ * - `manager`: must not be NULL.
+ * - `names`: `n_names` NUL-terminated UTF-8 names, aliases or paths; may be
+ *   NULL when `n_names` is 0. No element may be NULL.
+ * - `out_json`: may be NULL; on success receives a JSON array with one load
+ *   report per model (`name`, `loaded_now`, `fallback_from`,
+ *   `estimate_bytes`, `measured_bytes`, `estimate_error_bytes`,
+ *   `charged_bytes`, `evicted`, `load_seconds`), to be released with
+ *   `cider_string_free`.
+ *
+ * Thread-safe. Returns the statuses of `cider_manager_acquire`.
+ */
+enum cider_status cider_manager_preload(const struct cider_manager *manager,
+                                        const char *const *names,
+                                        size_t n_names,
+                                        char **out_json);
+
+/**
+ * Marks a model never to be evicted while loaded (pinning does not load it).
+ *
+ * - `manager`, `name` (UTF-8 name, alias or path): must not be NULL.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_NOT_FOUND` (no such model).
+ */
+enum cider_status cider_manager_pin(const struct cider_manager *manager, const char *name);
+
+/**
+ * Makes a pinned model evictable again. As `cider_manager_pin`.
+ */
+enum cider_status cider_manager_unpin(const struct cider_manager *manager, const char *name);
+
+/**
+ * Unloads a model now if it is idle, else once it is let go of (see
+ * `CIDER_UNLOAD_OUTCOME_DEFERRED`). Pinned models are unloaded too.
+ *
+ * - `manager`, `name` (UTF-8 name, alias or path): must not be NULL.
+ * - `out`: may be NULL; on success receives what happened.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_NOT_FOUND` (no such model).
+ */
+enum cider_status cider_manager_unload(const struct cider_manager *manager,
+                                       const char *name,
+                                       enum cider_unload_outcome *out);
+
+/**
+ * Chooses the best registered model for a task without loading anything:
+ * models with the task tag whose estimate fits `max_memory`, ranked by
+ * priority (smallest first), then "quality" score (highest first), then
+ * estimate (smallest first), then name.
+ *
+ * - `manager`: must not be NULL.
+ * - `task`: the required task tag (UTF-8); NULL for any model.
+ * - `max_memory`: the largest acceptable estimate in bytes (weights only);
+ *   0 for the manager's budget.
+ * - `out_json`: must not be NULL; on success receives
+ *   `{"chosen": name or null, "candidates": [{"name", "eligible", "chosen",
+ *   "reason", "priority", "score", "estimate_bytes"}, ...]}` (eligible
+ *   candidates in rank order, then the skipped ones, each with the reason),
+ *   to be released with `cider_string_free`. Untouched on failure.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_OUT_OF_MEMORY` (the string could not be allocated).
+ */
+enum cider_status cider_manager_select(const struct cider_manager *manager,
+                                       const char *task,
+                                       uint64_t max_memory,
+                                       char **out_json);
+
+/**
+ * The registered models (nothing is loaded) as a JSON array of objects:
+ * `name`, `path`, `model_type`, `parameters`, `quantization`, `dtype`,
+ * `disk_bytes`, `weight_bytes`, `context_length`, `kv_bytes_per_token`,
+ * `estimate_bytes`, `has_chat_template`, `aliases`, `priority`, `tasks`,
+ * `scores`, `pinned`, `keep_alive_s`, `description`, ...
+ *
+ * - `manager`, `out_json`: must not be NULL. On success `*out_json`
+ *   receives the string, to be released with `cider_string_free`.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_OUT_OF_MEMORY`.
+ */
+enum cider_status cider_manager_list_json(const struct cider_manager *manager, char **out_json);
+
+/**
+ * One registered model, as an object of `cider_manager_list_json`.
+ *
+ * - `manager`, `name` (UTF-8 name, alias or path), `out_json`: must not be
+ *   NULL. On success `*out_json` receives the string, to be released with
+ *   `cider_string_free`.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_NOT_FOUND`; `CIDER_STATUS_OUT_OF_MEMORY`.
+ */
+enum cider_status cider_manager_info_json(const struct cider_manager *manager,
+                                          const char *name,
+                                          char **out_json);
+
+/**
+ * The loaded models, sorted by name, as a JSON array of objects: `name`,
+ * `path`, `charged_bytes` (what the budget is charged), `measured_bytes`
+ * (MLX memory the load added), `estimate_bytes`, `handles` (live acquired
+ * models), `in_use`, `pinned`, `priority`, `idle_seconds`, `unload_pending`.
+ *
+ * - `manager`, `out_json`: must not be NULL. On success `*out_json`
+ *   receives the string, to be released with `cider_string_free`.
+ *
+ * Thread-safe (a snapshot). Returns `CIDER_STATUS_OK`;
+ * `CIDER_STATUS_INVALID_ARGUMENT`; `CIDER_STATUS_OUT_OF_MEMORY`.
+ */
+enum cider_status cider_manager_loaded_json(const struct cider_manager *manager, char **out_json);
+
+/**
+ * Memory, in bytes, as a JSON object: `budget_bytes`, `accounted_bytes`
+ * (charged for loaded models and loads in flight), `mlx_active_bytes`,
+ * `mlx_peak_bytes`, `mlx_cache_bytes` (MLX's own counters, process-wide).
+ *
+ * - `manager`, `out_json`: must not be NULL. On success `*out_json`
+ *   receives the string, to be released with `cider_string_free`.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_OUT_OF_MEMORY`.
+ */
+enum cider_status cider_manager_memory_json(const struct cider_manager *manager, char **out_json);
+
+/**
+ * Usage statistics (the format of the statistics file's per-model entries,
+ * docs/registry.md): `loads`, `unloads`, `acquires`, `last_used_unix`,
+ * `last_load_seconds`, `measured_bytes`, `estimate_error_bytes`, ...
+ *
+ * - `manager`, `out_json`: must not be NULL.
+ * - `name`: a UTF-8 name, alias or path for that model's statistics (an
+ *   object); NULL for `{name: statistics}` of every model that has any.
+ * - On success `*out_json` receives the string, to be released with
+ *   `cider_string_free`.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_NOT_FOUND` (no such model); `CIDER_STATUS_OUT_OF_MEMORY`.
+ */
+enum cider_status cider_manager_stats_json(const struct cider_manager *manager,
+                                           const char *name,
+                                           char **out_json);
+
+/**
+ * Changes the memory budget and unloads idle unpinned models (least
+ * important, then least recently used, first) until the rest fit. Pinned
+ * and in-use models stay, and may keep usage above the budget until they
+ * are released.
+ *
+ * - `manager`: must not be NULL.
+ * - `budget_bytes`: the new budget in bytes; 0 for the default (70% of
+ *   system memory, capped by MLX's memory limit).
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK` or `CIDER_STATUS_INVALID_ARGUMENT`.
+ */
+enum cider_status cider_manager_set_budget(const struct cider_manager *manager,
+                                           uint64_t budget_bytes);
+
+/**
+ * Writes the statistics file now (atomically: a temporary file, then a
+ * rename). It is also written every few seconds while statistics change,
+ * and by `cider_manager_free`. Without a statistics file this does nothing.
+ *
+ * - `manager`: must not be NULL.
+ *
+ * Thread-safe. Returns `CIDER_STATUS_OK`; `CIDER_STATUS_INVALID_ARGUMENT`;
+ * `CIDER_STATUS_NOT_FOUND` / `CIDER_STATUS_BACKEND` (the file could not be
+ * written; the message names it).
+ */
+enum cider_status cider_manager_save_stats(const struct cider_manager *manager);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -35,6 +35,16 @@ pub(crate) unsafe fn free_raw<T>(ptr: *mut T) {
     }
 }
 
+/// Takes back ownership of a handle made by `into_raw` without dropping it
+/// (for handles whose parts must be dropped in a certain order); None for NULL.
+///
+/// # Safety
+/// As `free_raw`.
+pub(crate) unsafe fn take_raw<T>(ptr: *mut T) -> Option<Box<T>> {
+    // SAFETY: by the contract above, a non-NULL `ptr` is a live Box allocation of T.
+    (!ptr.is_null()).then(|| unsafe { Box::from_raw(ptr) })
+}
+
 /// Borrows a handle for the duration of a call.
 ///
 /// # Safety

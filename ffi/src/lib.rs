@@ -6,7 +6,8 @@
 //!
 //! Layout: `status.rs` (status codes, the thread-local error message and the
 //! panic boundary every extern body runs in), `handle.rs` (every conversion
-//! between raw pointers and Rust values), then one file per area of the API.
+//! between raw pointers and Rust values), then one file per area of the API (`model.rs`,
+//! `text.rs`, `session.rs`, `manager.rs`).
 #![allow(non_camel_case_types)]
 // Extern functions take raw pointers from C and check them; marking them
 // `unsafe fn` would only move the same checks into every Rust caller.
@@ -17,7 +18,9 @@ mod status;
 mod model;
 mod text;
 mod session;
+mod manager;
 
+pub use manager::*;
 pub use model::*;
 pub use session::*;
 pub use status::*;

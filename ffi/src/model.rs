@@ -2,6 +2,7 @@
 use crate::handle::{self, borrow, require_out, write_out};
 use crate::status::{boundary, boundary_value, cider_status, from_core, FfiResult, Stage};
 use cider_core::generate::mlx_lock;
+use cider_core::manager::ModelHandle;
 use cider_core::mlx::memory;
 use cider_core::Model;
 use std::ffi::{c_char, c_void, CString};
@@ -10,16 +11,22 @@ use std::sync::Arc;
 
 /// A loaded model: weights, tokenizer, chat template and configuration.
 ///
-/// Made by `cider_model_load`, released by `cider_model_free`. Immutable
-/// after loading: one model may be used by any number of threads at once
-/// (tokenizing, applying chat templates, creating sessions) without locking.
-/// Sessions hold their own reference, so a model may be freed while its
-/// sessions are still in use; the memory goes when the last one is freed.
+/// Made by `cider_model_load` or `cider_manager_acquire`, released by
+/// `cider_model_free`. Immutable after loading: one model may be used by any
+/// number of threads at once (tokenizing, applying chat templates, creating
+/// sessions) without locking. Sessions hold their own reference, so a model
+/// may be freed while its sessions are still in use; the memory goes when
+/// the last one is freed (for a model from a manager: when the manager
+/// unloads it, which it does only after that).
 pub struct cider_model {
     pub(crate) model: Arc<Model>,
     model_type: CString,
     dtype: CString,
     eos_ids: Vec<i32>,
+    /// The manager's handle when the model came from `cider_manager_acquire`:
+    /// dropping it tells the manager the model was let go of (so a deferred
+    /// unload happens then rather than at the manager's next sweep).
+    pub(crate) lease: Option<ModelHandle>,
 }
 
 /// Called while a model loads with the fraction done, from 0.0 to 1.0,
@@ -138,7 +145,7 @@ pub extern "C" fn cider_model_load(
             Model::load_with_progress(dir, &mut on_progress)
         };
         let model = loaded.map_err(|e| from_core(e, Stage::Load))?;
-        let handle = model_handle(model);
+        let handle = model_from_arc(Arc::new(model));
         // SAFETY: `out` is non-NULL (checked above) and writable.
         unsafe { write_out(out, handle::into_raw(handle)) };
         Ok(())
@@ -146,38 +153,46 @@ pub extern "C" fn cider_model_load(
 }
 
 #[cfg(unix)]
-fn path_from_bytes(bytes: &[u8]) -> &Path {
+pub(crate) fn path_from_bytes(bytes: &[u8]) -> &Path {
     use std::os::unix::ffi::OsStrExt;
     Path::new(std::ffi::OsStr::from_bytes(bytes))
 }
 
 #[cfg(not(unix))]
-fn path_from_bytes(bytes: &[u8]) -> &Path {
+pub(crate) fn path_from_bytes(bytes: &[u8]) -> &Path {
     // Non-Unix hosts pass UTF-8; anything else cannot name a file there anyway.
     Path::new(std::str::from_utf8(bytes).unwrap_or("\u{FFFD}"))
 }
 
-fn model_handle(model: Model) -> cider_model {
+/// The C handle of a loaded (possibly shared) model, without a manager lease.
+pub(crate) fn model_from_arc(model: Arc<Model>) -> cider_model {
     let info = &model.info;
     cider_model {
         model_type: cstring(&info.model_type),
         dtype: cstring(&info.dtype),
         eos_ids: model.eos_ids.iter().map(|&t| t as i32).collect(),
-        model: Arc::new(model),
+        model,
+        lease: None,
     }
 }
 
-/// Releases a model made by `cider_model_load`. NULL is a no-op. Sessions
-/// made from it stay usable (they hold their own reference); pointers from
-/// `cider_model_get_info` become invalid. No other thread may be using this
-/// handle when it is freed.
+/// Releases a model made by `cider_model_load` or `cider_manager_acquire`.
+/// NULL is a no-op. Sessions made from it stay usable (they hold their own
+/// reference); pointers from `cider_model_get_info` become invalid. For a
+/// model from a manager this ends its use: once its sessions are freed too,
+/// the manager may evict it, and a deferred `cider_manager_unload` happens.
+/// No other thread may be using this handle when it is freed.
 #[no_mangle]
 pub extern "C" fn cider_model_free(model: *mut cider_model) {
     boundary_value("cider_model_free", (), || {
-        release(|| {
-            // SAFETY: NULL or a handle from cider_model_load not yet freed (header contract).
-            unsafe { handle::free_raw(model) }
-        })
+        // SAFETY: NULL or a handle from cider_model_load / cider_manager_acquire
+        // not yet freed (header contract).
+        let Some(mut m) = (unsafe { handle::take_raw(model) }) else { return };
+        let lease = m.lease.take();
+        release(|| drop(m));
+        // Outside the MLX lock: the manager takes it itself when the release
+        // frees the model (it is not reentrant).
+        drop(lease);
     })
 }
 
@@ -238,4 +253,5 @@ pub(crate) fn model_ref<'a>(model: *const cider_model) -> FfiResult<&'a cider_mo
 const _: fn() = || {
     fn is_send_sync<T: Send + Sync>() {}
     is_send_sync::<Model>();
+    is_send_sync::<ModelHandle>();
 };

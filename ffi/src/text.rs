@@ -163,7 +163,8 @@ pub extern "C" fn cider_chat_template_apply(
 }
 
 /// Releases a string returned by cider (`cider_detokenize`,
-/// `cider_chat_template_apply`). NULL is a no-op. Thread-safe.
+/// `cider_chat_template_apply`, the `cider_manager_*` JSON functions). NULL
+/// is a no-op. Thread-safe.
 #[no_mangle]
 pub extern "C" fn cider_string_free(s: *mut c_char) {
     boundary_value("cider_string_free", (), || {

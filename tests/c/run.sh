@@ -43,6 +43,13 @@ printf '{"model_type": "llama", ' > "$WORK/bad_json/config.json"
 cp -r "$WORK/model" "$WORK/no_template"
 rm -f "$WORK/no_template/chat_template.jinja"
 echo "not a model" > "$WORK/not_a_folder"
+# Three sizes for the model manager test (the vocabulary dominates, so the
+# weights go about 1 : 2 : 4 with the hidden size).
+for spec in small:32:1 medium:64:2 large:128:3; do
+  IFS=: read -r name hidden seed <<< "$spec"
+  "$PY" tests/python/models.py "$WORK/manager/$name" --arch llama --dtype float32 --seed "$seed" \
+    --set hidden_size="$hidden" > /dev/null
+done
 
 echo "== C tests: reference tokens from mlx-lm and the cider CLI"
 "$PY" tests/c/mlx_lm_greedy.py "$WORK/model" "$PROMPT" "$MAX_TOKENS" > "$WORK/expected_mlx_lm.txt"
@@ -51,6 +58,7 @@ echo "== C tests: reference tokens from mlx-lm and the cider CLI"
 "$PY" -c 'import json, sys; print(" ".join(map(str, json.load(open(sys.argv[1]))["tokens"])))' \
   "$WORK/cli.json" > "$WORK/expected_cli.txt"
 
+export CIDER_TEST_MANAGER_MODELS="$WORK/manager"
 export CIDER_TEST_MODEL="$WORK/model" CIDER_TEST_WORK="$WORK" CIDER_TEST_PROMPT="$PROMPT" CIDER_TEST_MAX_TOKENS="$MAX_TOKENS"
 
 CC=${CC:-gcc}
@@ -65,6 +73,7 @@ $CC $CFLAGS -pedantic $INC tests/c/test_header.c $PC_LIBS -o "$OUT/test_header"
 $CC $CFLAGS $INC tests/c/test_api.c $PC_LIBS -o "$OUT/test_api"
 $CC $CFLAGS -pthread $INC tests/c/test_threads.c $PC_LIBS -pthread -o "$OUT/test_threads"
 $CC $CFLAGS $INC tests/c/test_load_cycles.c $PC_LIBS -o "$OUT/test_load_cycles"
+$CC $CFLAGS $INC tests/c/test_manager.c $PC_LIBS -o "$OUT/test_manager"
 $CXX -std=c++11 -Wall -Wextra -Werror -pedantic -g $INC tests/c/test_cxx.cpp $PC_LIBS -o "$OUT/test_cxx"
 # The example is built exactly as its comment tells users to: pkg-config only.
 $CC -std=c99 -Wall -Wextra -Werror -pedantic examples/c/generate.c $(pkg-config --cflags --libs cider) -o "$OUT/generate"
@@ -76,6 +85,7 @@ if [ "$MEMCHECK" = asan ]; then
   $CC $CFLAGS $ASAN $INC tests/c/test_api.c $PC_LIBS -o "$OUT/test_api.asan"
   $CC $CFLAGS $ASAN -pthread $INC tests/c/test_threads.c $PC_LIBS -pthread -o "$OUT/test_threads.asan"
   $CC $CFLAGS $ASAN $INC tests/c/test_load_cycles.c $PC_LIBS -o "$OUT/test_load_cycles.asan"
+  $CC $CFLAGS $ASAN $INC tests/c/test_manager.c $PC_LIBS -o "$OUT/test_manager.asan"
   $CC -std=c99 -Wall -Wextra -Werror $ASAN examples/c/generate.c $(pkg-config --cflags --libs cider) -o "$OUT/generate.asan"
 fi
 { set +x; } 2>/dev/null
@@ -106,6 +116,7 @@ run test_cxx "$OUT/test_cxx"
 run test_api "$OUT/test_api"
 run test_api_static "$OUT/test_api_static"
 run test_threads "$OUT/test_threads"
+run test_manager "$OUT/test_manager"
 run "test_load_cycles ($CYCLES)" "$OUT/test_load_cycles" "$CYCLES"
 run "examples/c/generate" example "$OUT/generate" "$WORK/model" "Hello" 8
 
@@ -116,6 +127,7 @@ if [ "$MEMCHECK" = valgrind ]; then
       --show-leak-kinds=definite,indirect --track-origins=yes)
   run "valgrind test_api" "${VG[@]}" "$OUT/test_api"
   run "valgrind test_threads" "${VG[@]}" "$OUT/test_threads"
+  run "valgrind test_manager" "${VG[@]}" "$OUT/test_manager"
   run "valgrind test_load_cycles (10)" "${VG[@]}" "$OUT/test_load_cycles" 10 --no-rss-check
   run "valgrind examples/c/generate" "${VG[@]}" "$OUT/generate" "$WORK/model" "Hello" 8
 elif [ "$MEMCHECK" = asan ]; then
@@ -125,6 +137,7 @@ elif [ "$MEMCHECK" = asan ]; then
   export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   run "asan test_api" "$OUT/test_api.asan"
   run "asan test_threads" "$OUT/test_threads.asan"
+  run "asan test_manager" "$OUT/test_manager.asan"
   run "asan test_load_cycles (10)" "$OUT/test_load_cycles.asan" 10 --no-rss-check
   run "asan examples/c/generate" example "$OUT/generate.asan" "$WORK/model" "Hello" 8
 elif [ "$MEMCHECK" != none ]; then

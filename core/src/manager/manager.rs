@@ -464,6 +464,27 @@ impl Manager {
         self.resolve(key)
     }
 
+    /// Add every model folder under `dir` at run time (layout: docs/registry.md,
+    /// *Scanning*); returns how many were added. Folders already registered
+    /// (by path) are left as they are; a name already taken is skipped.
+    /// New models take the registry file's `defaults`.
+    pub fn scan_dir(&self, dir: &Path) -> Result<usize> {
+        let mut reg = self.inner.registry.write().unwrap_or_else(|p| p.into_inner());
+        let before = reg.entries.len();
+        let n = reg.scan_dir(dir)?;
+        apply_file_defaults(&mut reg, before);
+        Ok(n)
+    }
+
+    /// Add the models in the Hugging Face hub cache (see `hf_hub_cache`); returns how many.
+    pub fn scan_hf_cache(&self) -> usize {
+        let mut reg = self.inner.registry.write().unwrap_or_else(|p| p.into_inner());
+        let before = reg.entries.len();
+        let n = reg.scan_hf_cache();
+        apply_file_defaults(&mut reg, before);
+        n
+    }
+
     /// Register (or replace) a model folder at run time.
     pub fn register(&self, name: &str, path: &Path, meta: ModelMeta) -> Result<ModelEntry> {
         let mut reg = self.inner.registry.write().unwrap_or_else(|p| p.into_inner());
@@ -483,6 +504,18 @@ impl Manager {
     /// while things change, and when the manager is dropped).
     pub fn save_stats(&self) -> Result<()> {
         lock(&self.inner.stats).save()
+    }
+}
+
+/// Scanned entries from index `from` on take the registry file's defaults, as
+/// scanned models do when the file is opened.
+fn apply_file_defaults(reg: &mut Registry, from: usize) {
+    let Some(d) = reg.file.as_ref().map(|f| f.defaults.clone()) else { return };
+    for e in reg.entries.iter_mut().skip(from) {
+        if let Some(p) = d.priority {
+            e.meta.priority = p;
+        }
+        e.meta.keep_alive = d.keep_alive;
     }
 }
 
