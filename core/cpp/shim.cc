@@ -121,6 +121,26 @@ rust::Vec<int32_t> arr_to_i32(const Array& a) {
   return out;
 }
 
+int64_t arr_item_i64(const Array& a) {
+  // The sampled token each decode step: reading it directly (as mlx-lm's
+  // `y.item()` does) avoids the astype/flatten/contiguous nodes and the extra
+  // kernel launch and evaluation that arr_to_i32 would add to every token.
+  if (a.a.size() != 1) throw std::invalid_argument("item() of an array with size != 1");
+  auto x = a.a;
+  x.eval();
+  switch (x.dtype().val()) {
+    case mx::Dtype::Val::uint32: return x.item<uint32_t>();
+    case mx::Dtype::Val::int32: return x.item<int32_t>();
+    case mx::Dtype::Val::int64: return x.item<int64_t>();
+    case mx::Dtype::Val::uint64: return static_cast<int64_t>(x.item<uint64_t>());
+    case mx::Dtype::Val::int16: return x.item<int16_t>();
+    case mx::Dtype::Val::uint16: return x.item<uint16_t>();
+    case mx::Dtype::Val::int8: return x.item<int8_t>();
+    case mx::Dtype::Val::uint8: return x.item<uint8_t>();
+    default: throw std::invalid_argument("item_i64 of a non-integer array");
+  }
+}
+
 std::unique_ptr<ArrayList> list_new() { return std::make_unique<ArrayList>(); }
 void list_push(ArrayList& l, const Array& a) { l.v.push_back(a.a); }
 size_t list_len(const ArrayList& l) { return l.v.size(); }

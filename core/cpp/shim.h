@@ -46,6 +46,8 @@ size_t arr_nbytes(const Array& a);
 size_t arr_size(const Array& a);
 rust::Vec<float> arr_to_f32(const Array& a);
 rust::Vec<int32_t> arr_to_i32(const Array& a);
+// Evaluate a one-element integer array and read it, adding no graph nodes.
+int64_t arr_item_i64(const Array& a);
 
 // evaluation
 std::unique_ptr<ArrayList> list_new();

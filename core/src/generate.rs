@@ -83,6 +83,16 @@ pub struct Stats {
     pub total_s: f64,
     /// MLX peak memory during this generation, in bytes.
     pub peak_memory_bytes: u64,
+    /// Decode steps: host seconds spent building step graphs (the model's
+    /// forward and the sampler; no device work).
+    pub decode_build_s: f64,
+    /// Decode steps: host seconds spent in async eval, where MLX turns the
+    /// graph into kernels and submits them.
+    pub decode_submit_s: f64,
+    /// Decode steps: host seconds spent waiting for the device to hand back
+    /// the sampled token. build + submit + wait + the rest of the loop =
+    /// decode time.
+    pub decode_wait_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -139,7 +149,10 @@ impl Stepper<'_> {
         self.sampler.sample(&logprobs)
     }
 
-    fn prefill(&mut self, ids: &Array) -> Result<()> {
+    /// Run the prompt chunk `ids` through the model into the caches, lazily:
+    /// `prefill` evaluates it, the last chunk is left for the first step's
+    /// evaluation (one device submission and no host sync in between).
+    fn prefill_lazy(&mut self, ids: &Array) -> Result<()> {
         let l = ids.dim(0);
         self.model.forward(&ids.reshape(&[1, l])?, &mut self.caches)?;
         if let Some((_, _)) = self.penalty {
@@ -149,6 +162,11 @@ impl Stepper<'_> {
                 None => ids,
             });
         }
+        Ok(())
+    }
+
+    fn prefill(&mut self, ids: &Array) -> Result<()> {
+        self.prefill_lazy(ids)?;
         let state: Vec<&Array> = self.caches.iter().flat_map(|c| c.state()).chain(self.history.iter()).collect();
         mlx::eval(&state)
     }
@@ -259,8 +277,18 @@ impl Session {
             }
             let n = opts.prefill_step_size.min(ids.len() - done - 1);
             let _g = mlx_lock();
-            st.prefill(&Array::from_i32(&ids[done..done + n], &[n as i32])?)?;
-            memory::clear_cache();
+            let chunk = Array::from_i32(&ids[done..done + n], &[n as i32])?;
+            if done + n + 1 == ids.len() {
+                // The last chunk: evaluated together with the first step, so
+                // the host does not wait for the device in between and the
+                // buffers freed by the prefill are reused at once rather than
+                // returned (clear_cache) and allocated again. Same ops, same
+                // results as evaluating it on its own.
+                st.prefill_lazy(&chunk)?;
+            } else {
+                st.prefill(&chunk)?;
+                memory::clear_cache();
+            }
             done += n;
         }
 
@@ -281,11 +309,15 @@ impl Session {
             y
         };
         let mut n = 0usize;
+        let (mut build_s, mut submit_s, mut wait_s) = (0.0, 0.0, 0.0);
         loop {
             let (tok, next) = {
                 let _g = mlx_lock();
+                let tb = Instant::now();
+                let mut ts = tb;
                 let next = if n != opts.max_tokens {
                     let next = st.step(&y)?;
+                    ts = Instant::now();
                     mlx::async_eval(&[&next])?;
                     Some(next)
                 } else {
@@ -294,7 +326,14 @@ impl Session {
                 if n == opts.max_tokens {
                     break;
                 }
-                (y.item_i32()? as u32, next)
+                let tw = Instant::now();
+                let tok = y.item_i32()? as u32;
+                if n > 0 {
+                    build_s += ts.duration_since(tb).as_secs_f64();
+                    submit_s += tw.duration_since(ts).as_secs_f64();
+                    wait_s += tw.elapsed().as_secs_f64();
+                }
+                (tok, next)
             };
             let now = Instant::now();
             if n == 0 {
@@ -350,6 +389,9 @@ impl Session {
             ttft_s: ttft,
             total_s: t0.elapsed().as_secs_f64(),
             peak_memory_bytes: peak,
+            decode_build_s: build_s,
+            decode_submit_s: submit_s,
+            decode_wait_s: wait_s,
         };
         Ok(GenerationResult { text: scan.text, tokens, prompt_tokens: prompt.to_vec(), finish_reason: finish, stats })
     }

@@ -36,6 +36,88 @@ impl Linear {
             }
         }
     }
+    /// One linear computing all of `parts` side by side (weights stacked along
+    /// the output axis), so a decode step launches one matrix-vector product
+    /// instead of several. Each output element is still the dot product of
+    /// the same row with the same input, reduced along the same axis, so the
+    /// results match the separate layers. Gives the parts back unchanged when
+    /// they cannot be stacked (dense mixed with quantized, different
+    /// quantization, dtypes, or bias presence).
+    pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
+        fn cat(arrays: &[&Array]) -> Result<Array> {
+            let mut out = arrays[0].clone();
+            for a in &arrays[1..] {
+                out = Array::concatenate(&out, a, 0)?;
+            }
+            Ok(out)
+        }
+        if parts.len() < 2 {
+            return Err(parts);
+        }
+        let first = &parts[0];
+        let same = parts.iter().all(|p| match (first, p) {
+            (Linear::Dense { weight: w0, bias: b0 }, Linear::Dense { weight, bias }) => {
+                w0.dtype() == weight.dtype()
+                    && w0.dim(1) == weight.dim(1)
+                    && b0.is_some() == bias.is_some()
+                    && b0.as_ref().zip(bias.as_ref()).map_or(true, |(x, y)| x.dtype() == y.dtype())
+            }
+            (
+                Linear::Quantized { weight: w0, scales: s0, biases: z0, bias: b0, q: q0 },
+                Linear::Quantized { weight, scales, biases, bias, q },
+            ) => {
+                q0 == q
+                    && w0.dim(1) == weight.dim(1)
+                    && s0.dtype() == scales.dtype()
+                    && z0.dtype() == biases.dtype()
+                    && b0.is_some() == bias.is_some()
+                    && b0.as_ref().zip(bias.as_ref()).map_or(true, |(x, y)| x.dtype() == y.dtype())
+            }
+            _ => false,
+        });
+        if !same {
+            return Err(parts);
+        }
+        let fused = (|| -> Result<Linear> {
+            let bias = match first {
+                Linear::Dense { bias: Some(_), .. } | Linear::Quantized { bias: Some(_), .. } => Some(cat(
+                    &parts
+                        .iter()
+                        .map(|p| match p {
+                            Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref().unwrap(),
+                        })
+                        .collect::<Vec<_>>(),
+                )?),
+                _ => None,
+            };
+            Ok(match first {
+                Linear::Dense { .. } => {
+                    let w: Vec<&Array> = parts
+                        .iter()
+                        .map(|p| match p {
+                            Linear::Dense { weight, .. } => weight,
+                            _ => unreachable!(),
+                        })
+                        .collect();
+                    Linear::Dense { weight: cat(&w)?, bias }
+                }
+                Linear::Quantized { q, .. } => {
+                    let pick = |i: usize| -> Vec<&Array> {
+                        parts
+                            .iter()
+                            .map(|p| match p {
+                                Linear::Quantized { weight, scales, biases, .. } => [weight, scales, biases][i],
+                                _ => unreachable!(),
+                            })
+                            .collect()
+                    };
+                    Linear::Quantized { weight: cat(&pick(0))?, scales: cat(&pick(1))?, biases: cat(&pick(2))?, bias, q: *q }
+                }
+            })
+        })();
+        fused.map_err(|_| parts)
+    }
+
     pub fn quant(&self) -> Option<QuantParams> {
         match self {
             Linear::Quantized { q, .. } => Some(*q),

@@ -39,13 +39,17 @@ impl QuantConfig {
                     SUPPORTED_MODES.join(", ")
                 )));
             }
-            let get = |k: &str| {
-                v.get(k).and_then(|x| x.as_i64()).ok_or_else(|| {
-                    Error::invalid_model(format!("{file}: {name}.{k} must be an integer"))
-                })
+            // A missing or null field takes MLX's default for the mode (affine:
+            // group 64, 4 bits), as mlx.nn.quantize does; mlx_lm.convert's mixed
+            // recipes write `"group_size": null` per layer.
+            let get = |k: &str, default: i64| match v.get(k) {
+                None | Some(serde_json::Value::Null) => Ok(default),
+                Some(x) => x.as_i64().ok_or_else(|| {
+                    Error::invalid_model(format!("{file}: {name}.{k} must be an integer, found {x}"))
+                }),
             };
-            let bits = get("bits")? as i32;
-            let group_size = get("group_size")? as i32;
+            let bits = get("bits", 4)? as i32;
+            let group_size = get("group_size", 64)? as i32;
             check_params(&format!("{file}: {name}"), bits, group_size)?;
             Ok(QuantParams { group_size, bits })
         };

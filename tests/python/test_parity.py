@@ -237,3 +237,38 @@ def test_tokenize(cider_bin, model_factory, mlx_ref, arch, chat):
             f"{arch} tokenize{' --chat' if chat else ''} {text!r} differs at {_first_diff(got, want)}\n"
             f"  HF:    {want}\n  cider: {got}"
         )
+
+
+# Models quantized the way users quantize them: `mlx_lm.convert` on a float
+# folder, with its mixed recipes (which write `"group_size": null` per layer)
+# and uncommon widths, and a prompt long enough to grow the KV cache past
+# several 256-position steps.
+CONVERT_CASES = [
+    ("qwen2", dict(quant_predicate="mixed_3_6")),
+    ("mistral", dict(quant_predicate="mixed_4_6")),
+    ("llama", dict(q_bits=3, q_group_size=128)),
+    ("phi3", dict(q_bits=6, q_group_size=32)),
+]
+
+
+@pytest.mark.parametrize("arch,qargs", CONVERT_CASES, ids=[c[0] + "-" + "-".join(f"{v}" for v in c[1].values()) for c in CONVERT_CASES])
+def test_mlx_lm_convert_parity(cider_bin, model_factory, mlx_ref, tmp_path, arch, qargs):
+    import shutil
+
+    from mlx_lm import convert
+
+    base = model_factory.get(arch, "bfloat16", None, 0)
+    out = tmp_path / "q"
+    convert(str(base), str(out), quantize=True, **qargs)
+    for f in base.iterdir():
+        if not (out / f.name).exists() and not f.name.endswith(".safetensors") and f.name != "model.safetensors.index.json":
+            shutil.copy(f, out / f.name)
+    long_prompt = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
+    for prompt, chat in (("Tell me about cider.", True), (long_prompt, False)):
+        ref = mlx_ref.generate(out, prompt, 16, chat=chat)
+        got = _cider_generate(cider_bin, out, prompt, chat, None, max_tokens=16)
+        assert got["prompt_tokens"] == ref.prompt_ids
+        assert got["tokens"] == ref.tokens, (
+            f"{arch} {qargs} chat={chat}: first difference at {_first_diff(got['tokens'], ref.tokens)}\n"
+            f"  mlx-lm: {ref.tokens}\n  cider:  {got['tokens']}"
+        )

@@ -201,8 +201,12 @@ impl Array {
     }
     /// Evaluate a one-element array and return it as an integer (a host sync).
     pub fn item_i32(&self) -> Result<i32> {
-        let v = self.to_vec_i32()?;
-        v.first().copied().ok_or_else(|| Error::backend("item() of an empty array"))
+        if self.dtype().is_float() {
+            let v = self.to_vec_i32()?;
+            return v.first().copied().ok_or_else(|| Error::backend("item() of an empty array"));
+        }
+        let v = ffi::arr_item_i64(&self.inner)?;
+        i32::try_from(v).map_err(|_| Error::backend(format!("item() value {v} does not fit in i32")))
     }
     pub fn eval(&self) -> Result<()> {
         Ok(ffi::eval_one(&self.inner)?)

@@ -23,6 +23,7 @@ pub(crate) mod ffi {
         fn arr_size(a: &Array) -> usize;
         fn arr_to_f32(a: &Array) -> Result<Vec<f32>>;
         fn arr_to_i32(a: &Array) -> Result<Vec<i32>>;
+        fn arr_item_i64(a: &Array) -> Result<i64>;
 
         fn list_new() -> UniquePtr<ArrayList>;
         fn list_push(l: Pin<&mut ArrayList>, a: &Array);

@@ -66,21 +66,32 @@ impl Attention {
                 (qkv.slice_axis(-1, 0, qn)?, qkv.slice_axis(-1, qn, qn + kn)?, qkv.slice_axis(-1, qn + kn, total)?)
             }
         };
-        let mut q = q.reshape(&[b, l, self.n_heads, -1])?;
-        let mut k = k.reshape(&[b, l, self.n_kv_heads, -1])?;
+        // With one position (every decode step) [B, 1, H, D] -> [B, H, 1, D]
+        // moves no element, so one reshape replaces reshape + transpose: the
+        // same values with fewer graph nodes for MLX to evaluate per token.
+        // (The q/k norms normalise each head's row alone, in any layout.)
+        let heads = |x: &Array, h: i32| if l == 1 { x.reshape(&[b, h, 1, -1]) } else { x.reshape(&[b, l, h, -1]) };
+        let mut q = heads(&q, self.n_heads)?;
+        let mut k = heads(&k, self.n_kv_heads)?;
         if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
             q = qn.forward(&q)?;
             k = kn.forward(&k)?;
         }
-        let q = q.transpose(&[0, 2, 1, 3])?;
-        let k = k.transpose(&[0, 2, 1, 3])?;
-        let v = v.reshape(&[b, l, self.n_kv_heads, -1])?.transpose(&[0, 2, 1, 3])?;
+        let (q, k, v) = if l == 1 {
+            (q, k, heads(&v, self.n_kv_heads)?)
+        } else {
+            (
+                q.transpose(&[0, 2, 1, 3])?,
+                k.transpose(&[0, 2, 1, 3])?,
+                v.reshape(&[b, l, self.n_kv_heads, -1])?.transpose(&[0, 2, 1, 3])?,
+            )
+        };
         let offset = cache.offset();
         let q = rope.forward(&q, offset)?;
         let k = rope.forward(&k, offset)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let o = Array::sdpa(&q, &k, &v, self.scale, mask)?;
-        let o = o.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])?;
+        let o = if l == 1 { o.reshape(&[b, 1, -1])? } else { o.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])? };
         self.o_proj.forward(&o)
     }
 }
@@ -113,10 +124,18 @@ impl Transformer {
             let qkv = if c.fused {
                 Qkv::Fused(w.linear(&format!("{p}.self_attn.qkv_proj"), d, qd + 2 * kd, c.qkv_bias)?)
             } else {
-                Qkv::Separate {
-                    q: w.linear(&format!("{p}.self_attn.q_proj"), d, qd, c.qkv_bias)?,
-                    k: w.linear(&format!("{p}.self_attn.k_proj"), d, kd, c.qkv_bias)?,
-                    v: w.linear(&format!("{p}.self_attn.v_proj"), d, kd, c.qkv_bias)?,
+                let q = w.linear(&format!("{p}.self_attn.q_proj"), d, qd, c.qkv_bias)?;
+                let k = w.linear(&format!("{p}.self_attn.k_proj"), d, kd, c.qkv_bias)?;
+                let v = w.linear(&format!("{p}.self_attn.v_proj"), d, kd, c.qkv_bias)?;
+                // Stacked into one projection: fewer kernels per decode step.
+                match Linear::fuse(vec![q, k, v]) {
+                    Ok(f) => Qkv::Fused(f),
+                    Err(mut parts) => {
+                        let v = parts.pop().unwrap();
+                        let k = parts.pop().unwrap();
+                        let q = parts.pop().unwrap();
+                        Qkv::Separate { q, k, v }
+                    }
                 }
             };
             let (q_norm, k_norm) = if c.qk_norm {
@@ -145,10 +164,16 @@ impl Transformer {
                     hidden: im as i32,
                 }
             } else {
-                Mlp::Separate {
-                    gate: w.linear(&format!("{p}.mlp.gate_proj"), d, im, c.mlp_bias)?,
-                    up: w.linear(&format!("{p}.mlp.up_proj"), d, im, c.mlp_bias)?,
-                    down: w.linear(&format!("{p}.mlp.down_proj"), im, d, c.mlp_bias)?,
+                let gate = w.linear(&format!("{p}.mlp.gate_proj"), d, im, c.mlp_bias)?;
+                let up = w.linear(&format!("{p}.mlp.up_proj"), d, im, c.mlp_bias)?;
+                let down = w.linear(&format!("{p}.mlp.down_proj"), im, d, c.mlp_bias)?;
+                match Linear::fuse(vec![gate, up]) {
+                    Ok(gate_up) => Mlp::Fused { gate_up, down, hidden: im as i32 },
+                    Err(mut parts) => {
+                        let up = parts.pop().unwrap();
+                        let gate = parts.pop().unwrap();
+                        Mlp::Separate { gate, up, down }
+                    }
                 }
             };
             layers.push(Block {
