@@ -37,7 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,7 +112,8 @@ def worker(a) -> int:
     return 0
 
 
-def run_engine(engine: str, model: str, a, env_extra: Dict[str, str]) -> Dict[str, Any]:
+def run_engine(engine: str, model: str, a, spec: Tuple[Dict[str, str], List[str]]) -> Dict[str, Any]:
+    env_extra, extra_args = spec
     common = [
         "--model", model,
         "--prompt-tokens", str(a.prompt_tokens),
@@ -124,7 +125,7 @@ def run_engine(engine: str, model: str, a, env_extra: Dict[str, str]) -> Dict[st
         common += ["--warmup-tokens", str(a.warmup_tokens)]
     common += ["--device", a.device]
     if engine.startswith("cider"):
-        cmd = [a.cider, "bench", *common, "--format", "json"]
+        cmd = [a.cider, "bench", *common, *extra_args, "--format", "json"]
     else:
         cmd = [sys.executable, __file__, "--worker", *common]
     env = dict(os.environ)
@@ -135,7 +136,7 @@ def run_engine(engine: str, model: str, a, env_extra: Dict[str, str]) -> Dict[st
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def compare_model(model: str, a, engines: Dict[str, Dict[str, str]]) -> Dict[str, Any]:
+def compare_model(model: str, a, engines: Dict[str, Tuple[Dict[str, str], List[str]]]) -> Dict[str, Any]:
     names = list(engines)
     res: Dict[str, List[Dict[str, Any]]] = {n: [] for n in names}
     for r in range(a.rounds):
@@ -233,6 +234,8 @@ def main(argv=None) -> int:
     p.add_argument("--mlx-preload", default=None, help="also run mlx-lm with LD_PRELOAD=this as engine mlx-lm+preload")
     p.add_argument("--cider-env", action="append", default=[], metavar="K=V", help="extra environment for cider")
     p.add_argument("--json", default=None, help="write all results here")
+    p.add_argument("--cider-f32", action="store_true",
+                   help="also run cider with --compute-dtype float32 (engine cider-f32; faster on CPU, not bit-identical)")
     a = p.parse_args(argv)
     if a.worker:
         if a.device == "auto":
@@ -242,11 +245,16 @@ def main(argv=None) -> int:
     if not a.models:
         p.error("give at least one model folder")
     cenv = dict(kv.split("=", 1) for kv in a.cider_env)
-    engines: Dict[str, Dict[str, str]] = {"cider": cenv, "mlx-lm": {}}
+    engines: Dict[str, Tuple[Dict[str, str], List[str]]] = {"cider": (cenv, []), "mlx-lm": ({}, [])}
+    if a.cider_f32:
+        # Opt-in: weights converted to float32 at load (not bit-identical to mlx-lm).
+        engines["cider-f32"] = (cenv, ["--compute-dtype", "float32"])
     if a.cider_preload:
-        engines["cider+preload"] = {**cenv, "LD_PRELOAD": a.cider_preload}
+        engines["cider+preload"] = ({**cenv, "LD_PRELOAD": a.cider_preload}, [])
+        if a.cider_f32:
+            engines["cider-f32+preload"] = ({**cenv, "LD_PRELOAD": a.cider_preload}, ["--compute-dtype", "float32"])
     if a.mlx_preload:
-        engines["mlx-lm+preload"] = {"LD_PRELOAD": a.mlx_preload}
+        engines["mlx-lm+preload"] = ({"LD_PRELOAD": a.mlx_preload}, [])
     all_res = []
     for m in a.models:
         print(f"{m}: prompt {a.prompt_tokens}, generate {a.gen_tokens}, {a.rounds} rounds x {a.repeat} runs", file=sys.stderr)

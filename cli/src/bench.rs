@@ -50,6 +50,9 @@ pub struct BenchArgs {
     pub prefill_step: usize,
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
+    /// "checkpoint" (bit-parity with mlx-lm) or a float dtype to compute in (see `generate`).
+    #[arg(long, default_value = "checkpoint")]
+    pub compute_dtype: String,
 }
 
 /// The benchmark prompt: `(i * 7919 + 1) mod vocab` for i in 0..n. A fixed
@@ -146,7 +149,8 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
     // Set before loading, so the weights are evaluated where they are used.
     device::set_gpu(gpu)?;
 
-    let model = Arc::new(Model::load(&a.model)?);
+    let opts = crate::load_options(&a.compute_dtype)?;
+    let model = Arc::new(Model::load_with(&a.model, &opts, &mut |_| true)?);
     let vocab = model.info.vocab_size;
     let prompt = synthetic_prompt(a.prompt_tokens, vocab);
     let text = a.format == Format::Text;

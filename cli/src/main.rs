@@ -89,6 +89,21 @@ struct GenerateArgs {
     /// Where MLX runs: the GPU when the installed MLX has one (CUDA/Metal), else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
+    /// Compute dtype: "checkpoint" (default; bit-identical to mlx-lm) or a float type
+    /// to convert the weights to at load (float32 is much faster on CPUs).
+    #[arg(long, default_value = "checkpoint")]
+    compute_dtype: String,
+}
+
+/// Parse --compute-dtype into load options.
+pub(crate) fn load_options(compute_dtype: &str) -> Result<cider_core::LoadOptions, Error> {
+    let compute_dtype = match compute_dtype {
+        "checkpoint" => None,
+        s => Some(cider_core::mlx::Dtype::parse(s).filter(|d| d.is_float()).ok_or_else(|| {
+            Error::invalid_arg(format!("--compute-dtype {s}: expected checkpoint, float32, float16 or bfloat16"))
+        })?),
+    };
+    Ok(cider_core::LoadOptions { compute_dtype })
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -174,7 +189,8 @@ fn prompt_ids(model: &Model, a: &GenerateArgs) -> Result<Vec<u32>, Error> {
 
 fn generate(a: GenerateArgs) -> Result<(), Error> {
     select_device(a.device)?;
-    let model = std::sync::Arc::new(Model::load(&a.model)?);
+    let opts = load_options(&a.compute_dtype)?;
+    let model = std::sync::Arc::new(Model::load_with(&a.model, &opts, &mut |_| true)?);
     let ids = prompt_ids(&model, &a)?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,

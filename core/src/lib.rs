@@ -18,6 +18,6 @@ pub mod weights;
 
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{FinishReason, GenerateOptions, GenerationResult, Session, Stats, StreamEvent};
-pub use model::{Model, ModelInfo};
+pub use model::{LoadOptions, Model, ModelInfo};
 pub use sampling::SamplerConfig;
 pub mod manager;

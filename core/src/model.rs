@@ -32,6 +32,17 @@ pub struct ModelInfo {
     pub resident_bytes: u64,
 }
 
+/// How to load a model. `Default` gives bit-parity with mlx-lm.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Convert every float tensor (weights, norms, quantization scales and
+    /// biases) to this dtype once at load, so activations are computed in it.
+    /// `Some(F32)` is much faster on CPUs, whose MLX kernels for bf16/f16 are
+    /// slow, at the cost of bit-parity with mlx-lm (which computes in the
+    /// checkpoint's dtype). None keeps the checkpoint's dtypes.
+    pub compute_dtype: Option<crate::mlx::Dtype>,
+}
+
 pub struct Model {
     pub path: PathBuf,
     pub net: Transformer,
@@ -47,6 +58,15 @@ impl Model {
     }
 
     pub fn load_with_progress(dir: &Path, progress: ProgressFn) -> Result<Model> {
+        Self::load_with(dir, &LoadOptions::default(), progress)
+    }
+
+    pub fn load_with(dir: &Path, opts: &LoadOptions, progress: ProgressFn) -> Result<Model> {
+        if let Some(dt) = opts.compute_dtype {
+            if !dt.is_float() {
+                return Err(Error::invalid_arg(format!("compute dtype must be a float type, got {}", dt.name())));
+            }
+        }
         let t0 = Instant::now();
         if !dir.exists() {
             return Err(Error::not_found(format!("model folder {} does not exist", dir.display())));
@@ -78,6 +98,7 @@ impl Model {
 
         let before = memory::active();
         let mut weights = Weights::load(dir, quant)?;
+        weights.cast = opts.compute_dtype;
         let net = Transformer::load(arch.clone(), &mut weights)?;
         weights.finish()?;
         cancel(progress, 0.1)?;

@@ -86,6 +86,8 @@ pub struct Weights {
     files: HashMap<String, std::path::PathBuf>,
     pub quant: QuantConfig,
     pub headers: Vec<Header>,
+    /// Convert float tensors to this dtype as they are taken (LoadOptions::compute_dtype).
+    pub cast: Option<crate::mlx::Dtype>,
 }
 
 fn shape_str(s: &[i64]) -> String {
@@ -111,7 +113,7 @@ impl Weights {
             tensors.extend(loaded);
             headers.push(h);
         }
-        Ok(Weights { tensors, shapes, files, quant, headers })
+        Ok(Weights { tensors, shapes, files, quant, headers, cast: None })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -137,7 +139,12 @@ impl Weights {
                 shape_str(shape)
             )));
         }
-        Ok(self.tensors.remove(name).expect("shape and tensor maps agree"))
+        let a = self.tensors.remove(name).expect("shape and tensor maps agree");
+        match self.cast {
+            // Lazy: the stored dtype is read and converted in the one load pass.
+            Some(dt) if a.dtype().is_float() && a.dtype() != dt => a.astype(dt),
+            _ => Ok(a),
+        }
     }
 
     pub fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Array>> {

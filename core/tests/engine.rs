@@ -274,3 +274,21 @@ fn cache_trim_rewinds() {
     assert_eq!(caches[0].offset(), 2);
     assert_eq!(caches[0].trim(10), 2);
 }
+
+#[test]
+fn compute_dtype_converts_every_float_tensor() {
+    for quant in [None, Some((4, 64))] {
+        let dir = tmpdir(&format!("cdt-{}", quant.is_some()));
+        write_model(&dir, &Spec { dtype: Dtype::BF16, quant, ..Default::default() });
+        let opts = cider_core::LoadOptions { compute_dtype: Some(Dtype::F32) };
+        let m = Arc::new(Model::load_with(&dir, &opts, &mut |_| true).unwrap());
+        assert_eq!(m.info.dtype, "float32");
+        let logits = m.forward(&Array::from_i32(&[0, 3, 4], &[1, 3]).unwrap(), &mut m.net.make_caches()).unwrap();
+        assert_eq!(logits.dtype(), Dtype::F32);
+        assert_eq!(run(&m, PROMPT, &greedy(4)).tokens.len(), 4);
+    }
+    let dir = tmpdir("cdt-bad");
+    write_model(&dir, &Spec::default());
+    let bad = cider_core::LoadOptions { compute_dtype: Some(Dtype::I32) };
+    assert_eq!(Model::load_with(&dir, &bad, &mut |_| true).err().unwrap().kind, ErrorKind::InvalidArgument);
+}

@@ -230,7 +230,10 @@ class Model:
     ) -> TokenStream: ...
 
 def load(
-    path: Union[str, "os.PathLike[str]"], *, progress: Optional[Callable[[float], Optional[bool]]] = None
+    path: Union[str, "os.PathLike[str]"],
+    *,
+    progress: Optional[Callable[[float], Optional[bool]]] = None,
+    compute_dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None,
 ) -> Model: ...
 def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tokenizer: ...
 

@@ -298,3 +298,15 @@ def test_bad_arguments_elsewhere(llama, llama_dir):
         llama.apply_chat_template([{"role": "user"}])
     with pytest.raises(cider.InvalidArgumentError):
         llama.apply_chat_template([])
+
+
+def test_compute_dtype_float32(llama_dir, qwen3_q4_dir):
+    # Converting to float32 at load changes the dtype reported and still generates;
+    # the default keeps the checkpoint's dtype (bit-parity with mlx-lm).
+    for d in (llama_dir, qwen3_q4_dir):
+        m = cider.load(d, compute_dtype="float32")
+        assert m.info.dtype == "float32"
+        assert len(m.generate_result([1, 2, 3], max_tokens=3, ignore_eos=True).tokens) == 3
+    assert cider.load(llama_dir).info.dtype == "bfloat16"
+    with pytest.raises(ValueError):
+        cider.load(llama_dir, compute_dtype="int8")

@@ -81,6 +81,33 @@ pub(crate) struct Common {
 }
 
 impl Common {
+    /// The llama defaults (no biases, no q/k norm, separate projections,
+    /// untied unless said, rotary over the whole head); architectures change
+    /// what differs with struct-update syntax.
+    pub fn arch(self, model_type: &str, head_dim: usize, rope: RopeKind, context_length: usize) -> ArchConfig {
+        ArchConfig {
+            model_type: model_type.to_string(),
+            hidden_size: self.hidden_size,
+            num_layers: self.num_layers,
+            intermediate_size: self.intermediate_size,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim,
+            vocab_size: self.vocab_size,
+            rms_norm_eps: self.rms_norm_eps,
+            rope,
+            rope_dims: head_dim,
+            rope_traditional: false,
+            tie_word_embeddings: false,
+            qkv_bias: false,
+            o_bias: false,
+            mlp_bias: false,
+            qk_norm: false,
+            fused: false,
+            context_length,
+        }
+    }
+
     pub fn read(cfg: &JsonFile) -> Result<Common> {
         let n_heads = cfg.req_usize("num_attention_heads")?;
         let hidden_size = cfg.req_usize("hidden_size")?;
@@ -117,6 +144,13 @@ pub(crate) fn rope_theta(cfg: &JsonFile, default: Option<f64>) -> Result<f32> {
         }
     }
     default.map(|d| d as f32).ok_or_else(|| cfg.missing("rope_theta"))
+}
+
+/// The rotary embedding of the llama family: theta plus an optional scaling block.
+pub(crate) fn llama_rope(cfg: &JsonFile, default_theta: Option<f64>) -> Result<RopeKind> {
+    let base = rope_theta(cfg, default_theta)?;
+    let scaling = rope_scaling(cfg)?;
+    crate::rope::parse_scaling(&cfg.path, scaling.map_or("rope_scaling", |s| s.0), scaling.map(|s| s.1), base)
 }
 
 /// The scaling block: `rope_scaling`, else a `rope_parameters` that names a type.

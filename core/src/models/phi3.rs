@@ -46,24 +46,10 @@ pub fn config(cfg: &JsonFile) -> Result<ArchConfig> {
         }
     };
     Ok(ArchConfig {
-        model_type: "phi3".into(),
-        head_dim,
-        rope,
         rope_dims,
         rope_traditional: cfg.bool("rope_traditional")?.unwrap_or(false),
         tie_word_embeddings: cfg.bool("tie_word_embeddings")?.unwrap_or(false),
-        qkv_bias: false,
-        o_bias: false,
-        mlp_bias: false,
-        qk_norm: false,
         fused: true,
-        context_length: max_pos,
-        hidden_size: c.hidden_size,
-        num_layers: c.num_layers,
-        intermediate_size: c.intermediate_size,
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        vocab_size: c.vocab_size,
-        rms_norm_eps: c.rms_norm_eps,
+        ..c.arch("phi3", head_dim, rope, max_pos)
     })
 }
