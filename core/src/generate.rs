@@ -393,6 +393,9 @@ impl Session {
             decode_submit_s: submit_s,
             decode_wait_s: wait_s,
         };
+        if let Some(hook) = model.usage_hook.get() {
+            hook(&stats);
+        }
         Ok(GenerationResult { text: scan.text, tokens, prompt_tokens: prompt.to_vec(), finish_reason: finish, stats })
     }
 }

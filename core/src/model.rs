@@ -50,6 +50,9 @@ pub struct Model {
     /// EOS ids from generation_config.json, config.json and the tokenizer.
     pub eos_ids: Vec<u32>,
     pub info: ModelInfo,
+    /// Called with every finished generation's statistics (set once, e.g. by
+    /// the model manager to keep usage statistics whatever binding generates).
+    pub usage_hook: std::sync::OnceLock<Box<dyn Fn(&crate::generate::Stats) + Send + Sync>>,
 }
 
 impl Model {
@@ -132,7 +135,7 @@ impl Model {
             load_seconds: t0.elapsed().as_secs_f64(),
             resident_bytes: resident,
         };
-        Ok(Model { path: dir.to_path_buf(), net, tokenizer, eos_ids, info })
+        Ok(Model { path: dir.to_path_buf(), net, tokenizer, eos_ids, info, usage_hook: Default::default() })
     }
 
     /// Token ids for a prompt: chat-templated when `chat` is Some and the

@@ -331,13 +331,20 @@ fn statistics_survive_a_restart() {
         assert_eq!(r.stats.generation_tokens, 4);
         let s = m.stats("m").unwrap();
         assert_eq!((s.loads, s.generations, s.tokens_generated), (1, 1, 4));
+        // A plain session on the managed model (what the C and Python bindings
+        // run) counts as well.
+        cider_core::Session::new(h.model().clone()).generate(&[1, 2], &opts, &mut |_| true).unwrap();
+        let s = m.stats("m").unwrap();
+        assert_eq!((s.generations, s.tokens_generated), (2, 8));
+        cider_core::Session::new(h.model().clone()).generate(&[1], &GenerateOptions { max_tokens: 0, ..opts.clone() }, &mut |_| true).unwrap();
+        assert_eq!(m.stats("m").unwrap().generations, 3);
     }
     assert!(stats_path.is_file(), "written when the manager goes away");
     let leftovers: Vec<_> = std::fs::read_dir(stats_path.parent().unwrap()).unwrap().collect();
     assert_eq!(leftovers.len(), 1, "no temporary files left behind");
     let m = make();
     let s = m.stats("m").unwrap();
-    assert_eq!((s.loads, s.generations, s.tokens_generated, s.prompt_tokens), (1, 1, 4, 3));
+    assert_eq!((s.loads, s.generations, s.tokens_generated, s.prompt_tokens), (1, 3, 8, 6));
     assert!(s.last_used_unix > 1.6e9 && s.avg_tokens_per_s > 0.0 && s.avg_ttft_s > 0.0);
     assert!(s.measured_bytes > 0 && s.estimated_bytes > 0);
     m.acquire("m").unwrap();

@@ -60,6 +60,11 @@ def test_eviction_pinning_and_select(dirs, tmp_path):
     m.acquire("small")
     assert "mid" in _loaded(m) and "small" in _loaded(m) and "big" not in _loaded(m)
 
+    # Generations on an acquired model count in its usage statistics.
+    before = m.stats("small").get("generations", 0)
+    m.acquire("small").generate_result([1, 2, 3], max_tokens=2, ignore_eos=True)
+    assert m.stats("small")["generations"] == before + 1
+
     sel = m.select("chat", max_memory=est["mid"])
     assert sel["chosen"] == "mid", json.dumps(sel)
     reasons = {c["name"]: c for c in sel["candidates"]}

@@ -4,7 +4,7 @@
 use super::manager::LoadReport;
 use super::state::{lock, Inner};
 use crate::error::Result;
-use crate::generate::{GenerateOptions, GenerationResult, Session, Stats, StreamEvent};
+use crate::generate::{GenerateOptions, GenerationResult, Session, StreamEvent};
 use crate::model::Model;
 use std::ops::Deref;
 use std::sync::Arc;
@@ -32,21 +32,15 @@ impl ModelHandle {
     pub fn session(&self) -> Session {
         Session::new(self.model().clone())
     }
-    /// Generate with a new session and add the run to this model's usage statistics.
+    /// Generate with a new session. Like every generation on a managed model
+    /// (sessions, C and Python included), it counts in the usage statistics.
     pub fn generate(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
         on_event: &mut dyn FnMut(&StreamEvent) -> bool,
     ) -> Result<GenerationResult> {
-        let r = self.session().generate(prompt, opts, on_event)?;
-        self.record_generation(&r.stats);
-        Ok(r)
-    }
-    /// Add a generation's statistics (for callers that run sessions themselves).
-    pub fn record_generation(&self, stats: &Stats) {
-        lock(&self.inner.stats).entry(&self.name).record_generation(stats);
-        self.inner.maybe_save();
+        self.session().generate(prompt, opts, on_event)
     }
 }
 

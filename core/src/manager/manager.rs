@@ -274,7 +274,20 @@ impl Manager {
         let mut st = lock(&inner.state);
         st.loading.remove(&name);
         let model = match res {
-            Ok(m) => Arc::new(m),
+            Ok(m) => {
+                // Every generation on this model, through any binding, counts
+                // in its usage statistics. Weak: the model must not keep the
+                // manager alive.
+                let weak = Arc::downgrade(inner);
+                let stats_name = name.clone();
+                let _ = m.usage_hook.set(Box::new(move |s| {
+                    if let Some(inner) = weak.upgrade() {
+                        lock(&inner.stats).entry(&stats_name).record_generation(s);
+                        inner.maybe_save();
+                    }
+                }));
+                Arc::new(m)
+            }
             Err(e) => {
                 drop(st);
                 inner.cond.notify_all();
