@@ -100,8 +100,7 @@ impl Model {
         }
 
         let before = memory::active();
-        let mut weights = Weights::load(dir, quant)?;
-        weights.cast = opts.compute_dtype;
+        let mut weights = Weights::load(dir, quant, opts.compute_dtype)?;
         let net = Transformer::load(arch.clone(), &mut weights)?;
         weights.finish()?;
         cancel(progress, 0.1)?;
@@ -148,3 +147,4 @@ impl Model {
         self.net.forward(ids, caches)
     }
 }
+

@@ -97,13 +97,15 @@ fn shape_str(s: &[i64]) -> String {
 impl Weights {
     /// Validate every weight file's header, then map the tensors lazily
     /// through MLX (data is read once, when the model is evaluated).
-    pub fn load(dir: &Path, quant: QuantConfig) -> Result<Weights> {
+    pub fn load(dir: &Path, quant: QuantConfig, cast: Option<crate::mlx::Dtype>) -> Result<Weights> {
         let mut tensors = HashMap::new();
         let mut shapes = HashMap::new();
         let mut headers = Vec::new();
         let mut files = HashMap::new();
-        for f in weight_files(dir)? {
-            let h = Header::read(&f)?;
+        let all: Vec<(std::path::PathBuf, Header)> =
+            weight_files(dir)?.into_iter().map(|f| Header::read(&f).map(|h| (f, h))).collect::<Result<_>>()?;
+        check_fits(dir, all.iter().map(|(_, h)| h), cast)?;
+        for (f, h) in all {
             let path = f.to_str().ok_or_else(|| Error::invalid_arg(format!("{}: path is not UTF-8", f.display())))?;
             let loaded = io::load_safetensors(path).map_err(|e| e.context(f.display()))?;
             for (name, info) in &h.tensors {
@@ -113,7 +115,7 @@ impl Weights {
             tensors.extend(loaded);
             headers.push(h);
         }
-        Ok(Weights { tensors, shapes, files, quant, headers, cast: None })
+        Ok(Weights { tensors, shapes, files, quant, headers, cast })
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -238,4 +240,30 @@ impl Weights {
             if left.len() > 5 { ", ..." } else { "" }
         )))
     }
+}
+
+/// Refuse weights that cannot fit in this machine's memory before MLX tries:
+/// an allocation failure inside MLX's evaluation thread could not be
+/// reported as an error.
+fn check_fits<'a>(dir: &Path, headers: impl Iterator<Item = &'a Header>, cast: Option<crate::mlx::Dtype>) -> Result<()> {
+    let Some(total) = crate::manager::budget::system_memory() else { return Ok(()) };
+    let need: u64 = headers
+        .flat_map(|h| h.tensors.values())
+        .map(|t| match cast {
+            Some(dt) if t.dtype.is_float() => t.shape.iter().product::<i64>() as u64 * dt.size() as u64,
+            _ => t.nbytes,
+        })
+        .sum();
+    if need > total {
+        return Err(Error::new(
+            crate::error::ErrorKind::OutOfMemory,
+            format!(
+                "{}: the weights need {} but this machine has {} of memory",
+                dir.display(),
+                crate::manager::budget::format_bytes(need),
+                crate::manager::budget::format_bytes(total)
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -292,3 +292,23 @@ fn compute_dtype_converts_every_float_tensor() {
     let bad = cider_core::LoadOptions { compute_dtype: Some(Dtype::I32) };
     assert_eq!(Model::load_with(&dir, &bad, &mut |_| true).err().unwrap().kind, ErrorKind::InvalidArgument);
 }
+
+/// A checkpoint larger than the machine's memory is refused before MLX
+/// allocates anything (the header claims the size; the data need not exist).
+#[test]
+fn weights_larger_than_memory_are_refused() {
+    let dir = tmpdir("huge");
+    write_model(&dir, &Spec::default());
+    // A sparse safetensors file whose single tensor claims 2^40 bytes.
+    let n: u64 = 1 << 19; // rows and columns: 2^38 f32 elements
+    let hdr = format!(r#"{{"model.extra.weight":{{"dtype":"F32","shape":[{n},{n}],"data_offsets":[0,{}]}}}}"#, n * n * 4);
+    let f = dir.join("model-huge.safetensors");
+    let mut bytes = (hdr.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(hdr.as_bytes());
+    std::fs::write(&f, &bytes).unwrap();
+    std::fs::OpenOptions::new().write(true).open(&f).unwrap().set_len(8 + hdr.len() as u64 + n * n * 4).unwrap();
+    let e = Model::load(&dir).err().unwrap();
+    assert_eq!(e.kind, ErrorKind::OutOfMemory, "{e}");
+    assert!(e.message.contains("memory"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

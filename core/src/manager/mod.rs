@@ -5,7 +5,7 @@
 //! (`UsageStats`, persisted between runs). Every binding translates this.
 //!
 //! The registry file format is documented in `docs/registry.md`.
-mod budget;
+pub mod budget;
 mod handle;
 mod state;
 #[allow(clippy::module_inception)]
