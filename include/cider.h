@@ -207,6 +207,13 @@ typedef struct cider_load_options {
      * Passed unchanged to `progress`. Default NULL.
      */
     void *user_data;
+    /**
+     * NUL-terminated dtype to compute in: NULL (the default) keeps the
+     * checkpoint's dtypes, bit-identical to mlx-lm; "float32" (or "float16",
+     * "bfloat16") converts every float tensor once at load. float32 is much
+     * faster on CPUs (MLX's bf16 CPU kernels are slow) and uses more memory.
+     */
+    const char *compute_dtype;
 } cider_load_options;
 
 /**

@@ -46,6 +46,11 @@ pub struct cider_load_options {
     pub progress: cider_progress_callback,
     /// Passed unchanged to `progress`. Default NULL.
     pub user_data: *mut c_void,
+    /// NUL-terminated dtype to compute in: NULL (the default) keeps the
+    /// checkpoint's dtypes, bit-identical to mlx-lm; "float32" (or "float16",
+    /// "bfloat16") converts every float tensor once at load. float32 is much
+    /// faster on CPUs (MLX's bf16 CPU kernels are slow) and uses more memory.
+    pub compute_dtype: *const c_char,
 }
 
 /// Facts about a loaded model, filled by `cider_model_get_info`. Fields are
@@ -91,7 +96,7 @@ pub struct cider_model_info {
 /// Thread-safe; cannot fail.
 #[no_mangle]
 pub extern "C" fn cider_load_options_default() -> cider_load_options {
-    cider_load_options { progress: None, user_data: std::ptr::null_mut() }
+    cider_load_options { progress: None, user_data: std::ptr::null_mut(), compute_dtype: std::ptr::null() }
 }
 
 fn cstring(s: &str) -> CString {
@@ -128,10 +133,20 @@ pub extern "C" fn cider_model_load(
         let path_bytes = unsafe { handle::c_bytes(path, "path") }?;
         require_out(out, "out")?;
         // SAFETY: `options` is NULL or points to a cider_load_options.
-        let (progress, user_data) = match unsafe { options.as_ref() } {
-            Some(o) => (o.progress, o.user_data),
-            None => (None, std::ptr::null_mut()),
+        let (progress, user_data, dtype) = match unsafe { options.as_ref() } {
+            Some(o) => (o.progress, o.user_data, o.compute_dtype),
+            None => (None, std::ptr::null_mut(), std::ptr::null()),
         };
+        let mut load_opts = cider_core::LoadOptions::default();
+        if !dtype.is_null() {
+            // SAFETY: non-NULL `compute_dtype` is a NUL-terminated string (header contract).
+            let name = unsafe { std::ffi::CStr::from_ptr(dtype) }.to_string_lossy();
+            load_opts.compute_dtype = Some(cider_core::mlx::Dtype::parse(&name).filter(|d| d.is_float()).ok_or_else(|| {
+                crate::status::Failure::invalid_arg(format!(
+                    "options->compute_dtype \"{name}\" is not float32, float16 or bfloat16"
+                ))
+            })?);
+        }
         let dir = path_from_bytes(path_bytes);
         let mut on_progress = |f: f32| match progress {
             // SAFETY: a C function pointer given by the caller with its own user_data.
@@ -142,7 +157,7 @@ pub extern "C" fn cider_model_load(
         // core's model manager loads); other threads' generations wait.
         let loaded = {
             let _g = mlx_lock();
-            Model::load_with_progress(dir, &mut on_progress)
+            Model::load_with(dir, &load_opts, &mut on_progress)
         };
         let model = loaded.map_err(|e| from_core(e, Stage::Load))?;
         let handle = model_from_arc(Arc::new(model));

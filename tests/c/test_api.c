@@ -82,7 +82,7 @@ static cider_model *test_load(const char *dir) {
     cider_model *model = NULL;
     progress_state p = {0, 0.0f, true, 0};
     cider_load_options opts = cider_load_options_default();
-    CHECK(opts.progress == NULL && opts.user_data == NULL);
+    CHECK(opts.progress == NULL && opts.user_data == NULL && opts.compute_dtype == NULL);
     opts.progress = on_progress;
     opts.user_data = &p;
     CHECK_OK(cider_model_load(dir, &opts, &model));
@@ -106,6 +106,34 @@ static void test_load_failures(const char *dir) {
     CHECK(p.calls == 3);
     CHECK(model == SENTINEL_MODEL);
     CHECK_MESSAGE_NAMES("cider_model_load");
+
+    /* A compute dtype that is not a float type. */
+    opts = cider_load_options_default();
+    opts.compute_dtype = "int8";
+    CHECK_STATUS(cider_model_load(dir, &opts, &model), CIDER_STATUS_INVALID_ARGUMENT);
+    CHECK(model == SENTINEL_MODEL);
+    CHECK(strstr(cider_last_error_message(), "int8") != NULL);
+
+    /* float32 compute: the model reports float32 and still generates. */
+    opts.compute_dtype = "float32";
+    CHECK_OK(cider_model_load(dir, &opts, &model));
+    {
+        cider_model_info info;
+        cider_session *s = NULL;
+        cider_generate_options g = cider_generate_options_default();
+        cider_generation_result r;
+        CHECK_OK(cider_model_get_info(model, &info));
+        CHECK(strcmp(info.dtype, "float32") == 0);
+        g.max_tokens = 3;
+        g.ignore_eos = true;
+        CHECK_OK(cider_session_new(model, &s));
+        CHECK_OK(cider_session_generate(s, "Hello", &g, NULL, NULL, &r));
+        CHECK(r.n_tokens == 3);
+        cider_generation_result_free(&r);
+        cider_session_free(s);
+        cider_model_free(model);
+        model = SENTINEL_MODEL;
+    }
 
     CHECK_STATUS(cider_model_load("/nonexistent/cider/model", NULL, &model), CIDER_STATUS_NOT_FOUND);
     CHECK(model == SENTINEL_MODEL);
