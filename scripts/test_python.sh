@@ -34,8 +34,11 @@ echo "== python: the extension finds libmlx through its rpath"
 SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['platlib'])")
 EXT=$(ls "$SITE"/cider/_native*.so)
 if [ "$(uname -s)" = "Linux" ]; then
-  readelf -d "$EXT" | grep -E "R(UN)?PATH" | tee /dev/stderr | grep -q '\$ORIGIN/../mlx/lib'
-  env -u LD_LIBRARY_PATH ldd "$EXT" | grep libmlx | tee /dev/stderr | grep -q "$SITE/cider/../mlx/lib/libmlx"
+  # (Not `tee /dev/stderr`: opening it truncates a log file that stderr is redirected to.)
+  RP=$(readelf -d "$EXT" | grep -E "R(UN)?PATH"); echo "$RP"
+  grep -q '\$ORIGIN/../mlx/lib' <<<"$RP"
+  LIBS=$(env -u LD_LIBRARY_PATH ldd "$EXT" | grep libmlx); echo "$LIBS"
+  grep -q "$SITE/cider/../mlx/lib/libmlx" <<<"$LIBS"
 else
   otool -l "$EXT" | grep -A2 LC_RPATH | grep -q '@loader_path/../mlx/lib'
 fi
