@@ -180,6 +180,44 @@ fn apply_llama_rebuild(json: &mut Json, config: Option<&Json>, model_config: Opt
     true
 }
 
+/// transformers 5 picks `Qwen2Tokenizer` for every folder whose config.json says
+/// `model_type: "qwen2"`, whatever tokenizer_config.json names, and rebuilds the pipeline
+/// (`Qwen2Tokenizer.__init__`): NFC normalizer, Qwen's split regex then byte-level
+/// pre-tokenizer, byte-level decoder, and a plain BPE over the file's vocab and merges. The
+/// file's added tokens and post-processor stay. For real Qwen tokenizers this changes
+/// nothing; for another family's tokenizer.json paired with a qwen2 model it is what mlx-lm
+/// (through transformers) runs, so cider does the same. Returns true when it patched `json`.
+fn apply_qwen2_rebuild(json: &mut Json, model_config: Option<&Json>) -> bool {
+    const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    let mt = model_config.and_then(|c| c.get("model_type")).and_then(Json::as_str);
+    if mt != Some("qwen2") || json.pointer("/model/type").and_then(Json::as_str) != Some("BPE") {
+        return false;
+    }
+    let obj = json.as_object_mut().expect("checked by the caller: tokenizer.json is an object");
+    obj.insert("normalizer".into(), serde_json::json!({"type": "NFC"}));
+    obj.insert(
+        "pre_tokenizer".into(),
+        serde_json::json!({"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": QWEN2_SPLIT}, "behavior": "Isolated", "invert": false},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}
+        ]}),
+    );
+    obj.insert(
+        "decoder".into(),
+        serde_json::json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true}),
+    );
+    if let Some(model) = obj.get_mut("model").and_then(Json::as_object_mut) {
+        model.insert("dropout".into(), Json::Null);
+        model.insert("unk_token".into(), Json::Null);
+        model.insert("continuing_subword_prefix".into(), Json::String(String::new()));
+        model.insert("end_of_word_suffix".into(), Json::String(String::new()));
+        model.insert("fuse_unk".into(), Json::Bool(false));
+        model.insert("byte_fallback".into(), Json::Bool(false));
+        model.insert("ignore_merges".into(), Json::Bool(false));
+    }
+    true
+}
+
 impl Tokenizer {
     /// Reads tokenizer.json (required), tokenizer_config.json, special_tokens_map.json and the
     /// chat template from `dir`.
@@ -211,7 +249,8 @@ impl Tokenizer {
         if !tok_json.is_object() {
             return Err(Error::tokenizer(format!("{}: expected a JSON object", tok_path.display())));
         }
-        let patched = apply_llama_rebuild(&mut tok_json, config.as_ref(), model_config.as_ref());
+        let patched = apply_qwen2_rebuild(&mut tok_json, model_config.as_ref())
+            || apply_llama_rebuild(&mut tok_json, config.as_ref(), model_config.as_ref());
         let parsed = if patched {
             tok_json.to_string().parse::<tokenizers::Tokenizer>()
         } else {

