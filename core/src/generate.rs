@@ -130,20 +130,28 @@ struct Stepper<'a> {
 }
 
 impl Stepper<'_> {
-    /// One forward pass over `input` ([L] ids) -> (sampled id [1], logprobs).
+    /// Append `ids` to the token history the repetition penalty looks at
+    /// (kept lazily on the device, as mlx-lm does; only when a penalty is set).
+    fn push_history(&mut self, ids: &Array) -> Result<()> {
+        if self.penalty.is_some() {
+            let ids = ids.astype(Dtype::I32)?;
+            self.history = Some(match self.history.take() {
+                Some(h) => Array::concatenate(&h, &ids, 0)?,
+                None => ids,
+            });
+        }
+        Ok(())
+    }
+
+    /// One forward pass over `input` ([L] ids) -> the sampled id [1] (lazy).
     fn step(&mut self, input: &Array) -> Result<Array> {
         let l = input.dim(0);
         let logits = self.model.forward(&input.reshape(&[1, l])?, &mut self.caches)?;
         let v = logits.dim(-1);
         let mut logits = logits.slice_axis(1, l - 1, l)?.reshape(&[1, v])?;
-        if let Some((p, ctx)) = self.penalty {
-            let ids = input.astype(Dtype::I32)?;
-            let h = match self.history.take() {
-                Some(h) => Array::concatenate(&h, &ids, 0)?,
-                None => ids,
-            };
-            logits = apply_repetition_penalty(&logits, &h, p, ctx)?;
-            self.history = Some(h);
+        self.push_history(input)?;
+        if let (Some((p, ctx)), Some(h)) = (self.penalty, &self.history) {
+            logits = apply_repetition_penalty(&logits, h, p, ctx)?;
         }
         let logprobs = logits.sub(&logits.logsumexp(-1, true)?)?;
         self.sampler.sample(&logprobs)
@@ -155,14 +163,7 @@ impl Stepper<'_> {
     fn prefill_lazy(&mut self, ids: &Array) -> Result<()> {
         let l = ids.dim(0);
         self.model.forward(&ids.reshape(&[1, l])?, &mut self.caches)?;
-        if let Some((_, _)) = self.penalty {
-            let ids = ids.astype(Dtype::I32)?;
-            self.history = Some(match self.history.take() {
-                Some(h) => Array::concatenate(&h, &ids, 0)?,
-                None => ids,
-            });
-        }
-        Ok(())
+        self.push_history(ids)
     }
 
     fn prefill(&mut self, ids: &Array) -> Result<()> {

@@ -137,8 +137,8 @@ impl Model {
         Ok(Model { path: dir.to_path_buf(), net, tokenizer, eos_ids, info, usage_hook: Default::default() })
     }
 
-    /// Token ids for a prompt: chat-templated when `chat` is Some and the
-    /// tokenizer has a template, else encoded as mlx-lm encodes plain text.
+    /// Token ids for a plain prompt, encoded as mlx-lm encodes plain text
+    /// (special tokens added unless the text already starts with BOS).
     pub fn encode_prompt(&self, text: &str) -> Result<Vec<u32>> {
         self.tokenizer.encode_prompt(text)
     }
