@@ -2,6 +2,9 @@
 #include "cider-core/cpp/shim.h"
 
 #include <stdexcept>
+#include <unordered_set>
+
+#include "mlx/primitives.h"
 
 namespace mx = mlx::core;
 
@@ -148,6 +151,25 @@ ArrPtr list_get(const ArrayList& l, size_t i) { return wrap(l.v.at(i)); }
 void eval_list(const ArrayList& l) { mx::eval(l.v); }
 void async_eval_list(const ArrayList& l) { mx::async_eval(l.v); }
 void eval_one(const Array& a) { mx::eval({a.a}); }
+
+// The primitive of every node an eval of `l` would run (each unevaluated
+// array once, siblings counted with their primitive): MLX's host cost per
+// decode step grows with this count, so `cider bench` can report it.
+rust::Vec<rust::String> graph_census(const ArrayList& l) {
+  rust::Vec<rust::String> out;
+  std::unordered_set<std::uintptr_t> seen;
+  std::vector<mx::array> stack(l.v.begin(), l.v.end());
+  while (!stack.empty()) {
+    auto a = std::move(stack.back());
+    stack.pop_back();
+    if (a.status() != mx::array::Status::unscheduled || !a.has_primitive()) continue;
+    if (!seen.insert(a.id()).second) continue;
+    for (auto& s : a.siblings()) seen.insert(s.id());
+    out.push_back(rust::String(a.primitive().name()));
+    for (auto& in : a.inputs()) stack.push_back(in);
+  }
+  return out;
+}
 
 ArrPtr astype(const Array& a, uint8_t dtype) { return wrap(mx::astype(a.a, to_dtype(dtype))); }
 ArrPtr reshape(const Array& a, rust::Slice<const int32_t> shape) {

@@ -143,12 +143,11 @@ impl Stepper<'_> {
         Ok(())
     }
 
-    /// One forward pass over `input` ([L] ids) -> the sampled id [1] (lazy).
+    /// One forward pass over `input` ([L] ids) -> the id sampled from the
+    /// last position's logits [1] (lazy). With L > 1 (the end of the prompt)
+    /// the other positions only fill the caches.
     fn step(&mut self, input: &Array) -> Result<Array> {
-        let l = input.dim(0);
-        let logits = self.model.forward(&input.reshape(&[1, l])?, &mut self.caches)?;
-        let v = logits.dim(-1);
-        let mut logits = logits.slice_axis(1, l - 1, l)?.reshape(&[1, v])?;
+        let mut logits = self.model.forward_last(input, &mut self.caches)?;
         self.push_history(input)?;
         if let (Some((p, ctx)), Some(h)) = (self.penalty, &self.history) {
             logits = apply_repetition_penalty(&logits, h, p, ctx)?;
@@ -157,20 +156,32 @@ impl Stepper<'_> {
         self.sampler.sample(&logprobs)
     }
 
-    /// Run the prompt chunk `ids` through the model into the caches, lazily:
-    /// `prefill` evaluates it, the last chunk is left for the first step's
-    /// evaluation (one device submission and no host sync in between).
-    fn prefill_lazy(&mut self, ids: &Array) -> Result<()> {
+    /// Run the prompt chunk `ids` through the model into the caches.
+    fn prefill(&mut self, ids: &Array) -> Result<()> {
         let l = ids.dim(0);
         self.model.forward(&ids.reshape(&[1, l])?, &mut self.caches)?;
-        self.push_history(ids)
-    }
-
-    fn prefill(&mut self, ids: &Array) -> Result<()> {
-        self.prefill_lazy(ids)?;
+        self.push_history(ids)?;
         let state: Vec<&Array> = self.caches.iter().flat_map(|c| c.state()).chain(self.history.iter()).collect();
         mlx::eval(&state)
     }
+}
+
+/// `CIDER_GRAPH_CENSUS=1` prints, once per generation, the MLX primitives of
+/// one decode step's graph to stderr: MLX's host time per token grows with
+/// their number (bench/RESULTS.md, "where the time goes").
+fn census_requested() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("CIDER_GRAPH_CENSUS").is_some_and(|v| v != "0"))
+}
+
+fn print_census(step: &Array) {
+    let mut by_name: std::collections::BTreeMap<String, usize> = Default::default();
+    for p in mlx::graph_census(&[step]) {
+        *by_name.entry(p).or_default() += 1;
+    }
+    let total: usize = by_name.values().sum();
+    let parts: Vec<String> = by_name.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    eprintln!("cider: decode step graph: {total} nodes: {}", parts.join(", "));
 }
 
 /// Holds back text that might be the start of a stop string, and finds the
@@ -270,26 +281,24 @@ impl Session {
         };
         let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
 
-        // Prefill all but the last prompt token in chunks (as mlx-lm does).
+        // Prefill in chunks of prefill_step_size at the same boundaries as
+        // mlx-lm. The rest of the prompt (1 to prefill_step_size tokens) goes
+        // through the model in the pass that yields the first token: mlx-lm
+        // instead runs it without its last token, waits, then runs the last
+        // token alone, which is a second pass over every weight and a second
+        // graph for the host to walk before the first token. On the CPU the
+        // logits are bit-identical either way (the parity tests check); on a
+        // GPU, matrix products may round differently for a block of rows than
+        // for one row.
         let mut done = 0;
-        while ids.len() - done > 1 {
+        while ids.len() - done > opts.prefill_step_size {
             if self.cancelled() {
                 return Err(Error::cancelled());
             }
-            let n = opts.prefill_step_size.min(ids.len() - done - 1);
+            let n = opts.prefill_step_size;
             let _g = mlx_lock();
-            let chunk = Array::from_i32(&ids[done..done + n], &[n as i32])?;
-            if done + n + 1 == ids.len() {
-                // The last chunk: evaluated together with the first step, so
-                // the host does not wait for the device in between and the
-                // buffers freed by the prefill are reused at once rather than
-                // returned (clear_cache) and allocated again. Same ops, same
-                // results as evaluating it on its own.
-                st.prefill_lazy(&chunk)?;
-            } else {
-                st.prefill(&chunk)?;
-                memory::clear_cache();
-            }
+            st.prefill(&Array::from_i32(&ids[done..done + n], &[n as i32])?)?;
+            memory::clear_cache();
             done += n;
         }
 
@@ -319,6 +328,9 @@ impl Session {
                 let next = if n != opts.max_tokens {
                     let next = st.step(&y)?;
                     ts = Instant::now();
+                    if n == 1 && census_requested() {
+                        print_census(&next);
+                    }
                     mlx::async_eval(&[&next])?;
                     Some(next)
                 } else {

@@ -113,6 +113,7 @@ impl Model {
             let done = ((i + 1) * chunk).min(arrays.len()) as f32 / arrays.len() as f32;
             cancel(progress, 0.1 + 0.9 * done)?;
         }
+        mlx::eval(&net.views())?;
         let resident = memory::active().saturating_sub(before) as u64;
         let dtype = arrays
             .iter()
@@ -145,6 +146,11 @@ impl Model {
 
     pub fn forward(&self, ids: &Array, caches: &mut [Box<dyn crate::cache::KvCache>]) -> Result<Array> {
         self.net.forward(ids, caches)
+    }
+
+    /// One sequence's ids [L] -> the logits of its last position, [1, vocab].
+    pub fn forward_last(&self, ids: &Array, caches: &mut [Box<dyn crate::cache::KvCache>]) -> Result<Array> {
+        self.net.forward_last(ids, caches)
     }
 }
 

@@ -12,21 +12,31 @@ pub struct QuantParams {
 
 pub const QUANT_MODE: &str = "affine";
 
+/// A bias is kept as a [1, out] row (made once at load), so adding it to a
+/// decode step's [1, out] output needs no broadcast node; a prompt chunk's
+/// [L, out] gets the same values broadcast as from an [out] vector.
 pub enum Linear {
-    Dense { weight: Array, bias: Option<Array> },
+    /// `wt` is `weight` transposed: a view made once (see `Linear::dense`).
+    Dense { weight: Array, wt: Array, bias: Option<Array> },
     Quantized { weight: Array, scales: Array, biases: Array, bias: Option<Array>, q: QuantParams },
 }
 
 impl Linear {
+    /// A dense layer computing `x @ weight.T (+ bias)` as mlx.nn.Linear does.
+    /// The transposed view is made here once and evaluated with the weights
+    /// (`views`) instead of a fresh transpose node per call: the matmul gets
+    /// the same strided input, so results are identical, and MLX has a node
+    /// less to walk per layer and decode step.
+    pub fn dense(weight: Array, bias: Option<Array>) -> Result<Linear> {
+        let wt = weight.transpose(&[1, 0])?;
+        Ok(Linear::Dense { weight, wt, bias })
+    }
     pub fn forward(&self, x: &Array) -> Result<Array> {
         match self {
-            Linear::Dense { weight, bias } => {
-                let wt = weight.transpose(&[1, 0])?;
-                match bias {
-                    Some(b) => Array::addmm(b, x, &wt),
-                    None => x.matmul(&wt),
-                }
-            }
+            Linear::Dense { wt, bias, .. } => match bias {
+                Some(b) => Array::addmm(b, x, wt),
+                None => x.matmul(wt),
+            },
             Linear::Quantized { weight, scales, biases, bias, q } => {
                 let y = Array::quantized_matmul(x, weight, scales, Some(biases), true, q.group_size, q.bits, QUANT_MODE)?;
                 match bias {
@@ -44,10 +54,12 @@ impl Linear {
     /// they cannot be stacked (dense mixed with quantized, different
     /// quantization, dtypes, or bias presence).
     pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
-        fn cat(arrays: &[&Array]) -> Result<Array> {
+        // Weights stack along their output rows (axis 0), bias rows along
+        // their last axis.
+        fn cat(arrays: &[&Array], axis: i32) -> Result<Array> {
             let mut out = arrays[0].clone();
             for a in &arrays[1..] {
-                out = Array::concatenate(&out, a, 0)?;
+                out = Array::concatenate(&out, a, axis)?;
             }
             Ok(out)
         }
@@ -56,7 +68,7 @@ impl Linear {
         }
         let first = &parts[0];
         let same = parts.iter().all(|p| match (first, p) {
-            (Linear::Dense { weight: w0, bias: b0 }, Linear::Dense { weight, bias }) => {
+            (Linear::Dense { weight: w0, bias: b0, .. }, Linear::Dense { weight, bias, .. }) => {
                 w0.dtype() == weight.dtype()
                     && w0.dim(1) == weight.dim(1)
                     && b0.is_some() == bias.is_some()
@@ -87,6 +99,7 @@ impl Linear {
                             Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref().unwrap(),
                         })
                         .collect::<Vec<_>>(),
+                    -1,
                 )?),
                 _ => None,
             };
@@ -99,7 +112,7 @@ impl Linear {
                             _ => unreachable!(),
                         })
                         .collect();
-                    Linear::Dense { weight: cat(&w)?, bias }
+                    Linear::dense(cat(&w, 0)?, bias)?
                 }
                 Linear::Quantized { q, .. } => {
                     let pick = |i: usize| -> Vec<&Array> {
@@ -111,7 +124,7 @@ impl Linear {
                             })
                             .collect()
                     };
-                    Linear::Quantized { weight: cat(&pick(0))?, scales: cat(&pick(1))?, biases: cat(&pick(2))?, bias, q: *q }
+                    Linear::Quantized { weight: cat(&pick(0), 0)?, scales: cat(&pick(1), 0)?, biases: cat(&pick(2), 0)?, bias, q: *q }
                 }
             })
         })();
@@ -126,15 +139,22 @@ impl Linear {
     }
     pub fn nbytes(&self) -> usize {
         match self {
-            Linear::Dense { weight, bias } => weight.nbytes() + bias.as_ref().map_or(0, |b| b.nbytes()),
+            Linear::Dense { weight, bias, .. } => weight.nbytes() + bias.as_ref().map_or(0, |b| b.nbytes()),
             Linear::Quantized { weight, scales, biases, bias, .. } => {
                 weight.nbytes() + scales.nbytes() + biases.nbytes() + bias.as_ref().map_or(0, |b| b.nbytes())
             }
         }
     }
+    /// Views over the weights, evaluated once after them (no memory of their own).
+    pub fn views(&self) -> Option<&Array> {
+        match self {
+            Linear::Dense { wt, .. } => Some(wt),
+            Linear::Quantized { .. } => None,
+        }
+    }
     pub fn arrays(&self) -> Vec<&Array> {
         match self {
-            Linear::Dense { weight, bias } => std::iter::once(weight).chain(bias.iter()).collect(),
+            Linear::Dense { weight, bias, .. } => std::iter::once(weight).chain(bias.iter()).collect(),
             Linear::Quantized { weight, scales, biases, bias, .. } => {
                 [weight, scales, biases].into_iter().chain(bias.iter()).collect()
             }

@@ -206,9 +206,10 @@ impl Weights {
 
     pub fn linear(&mut self, prefix: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let (i, o) = (in_dim as i64, out_dim as i64);
-        let b = if bias { Some(self.take(&format!("{prefix}.bias"), &[o])?) } else { None };
+        // Kept as a [1, out] row: see `Linear`.
+        let b = if bias { Some(self.take(&format!("{prefix}.bias"), &[o])?.reshape(&[1, out_dim as i32])?) } else { None };
         match self.quant_for(prefix, i)? {
-            None => Ok(Linear::Dense { weight: self.take(&format!("{prefix}.weight"), &[o, i])?, bias: b }),
+            None => Linear::dense(self.take(&format!("{prefix}.weight"), &[o, i])?, b),
             Some(q) => {
                 let (weight, scales, biases) = self.quantized_parts(prefix, o, i, q)?;
                 Ok(Linear::Quantized { weight, scales, biases, bias: b, q })

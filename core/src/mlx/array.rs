@@ -132,6 +132,15 @@ pub fn eval(arrays: &[&Array]) -> Result<()> {
 
 /// Start computing `arrays` on the device and return at once, so the host can
 /// build the next step's graph meanwhile.
+/// The primitive names of the graph nodes an eval of `arrays` would run.
+pub fn graph_census(arrays: &[&Array]) -> Vec<String> {
+    let mut l = ffi::list_new();
+    for a in arrays {
+        ffi::list_push(l.pin_mut(), &a.inner);
+    }
+    ffi::graph_census(&l)
+}
+
 pub fn async_eval(arrays: &[&Array]) -> Result<()> {
     let mut l = ffi::list_new();
     for a in arrays {

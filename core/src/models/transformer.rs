@@ -53,37 +53,52 @@ pub struct Transformer {
 unsafe impl Sync for Transformer {}
 
 impl Attention {
-    fn forward(&self, x: &Array, mask: &Mask, cache: &mut dyn KvCache, rope: &Rope) -> Result<Array> {
-        let s = x.shape();
-        let (b, l) = (s[0], s[1]);
-        let (q, k, v) = match &self.qkv {
-            Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
-            Qkv::Fused(p) => {
-                let qkv = p.forward(x)?;
-                let qn = self.n_heads * self.head_dim;
-                let kn = self.n_kv_heads * self.head_dim;
-                let total = qkv.dim(-1);
-                (qkv.slice_axis(-1, 0, qn)?, qkv.slice_axis(-1, qn, qn + kn)?, qkv.slice_axis(-1, qn + kn, total)?)
-            }
-        };
-        // With one position (every decode step) [B, 1, H, D] -> [B, H, 1, D]
-        // moves no element, so one reshape replaces reshape + transpose: the
-        // same values with fewer graph nodes for MLX to evaluate per token.
-        // (The q/k norms normalise each head's row alone, in any layout.)
-        let heads = |x: &Array, h: i32| if l == 1 { x.reshape(&[b, h, 1, -1]) } else { x.reshape(&[b, l, h, -1]) };
-        let mut q = heads(&q, self.n_heads)?;
-        let mut k = heads(&k, self.n_kv_heads)?;
-        if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
-            q = qn.forward(&q)?;
-            k = kn.forward(&k)?;
-        }
+    /// x: [B * L, hidden] (rows of B sequences of L positions) -> the same.
+    fn forward(&self, x: &Array, b: i32, l: i32, mask: &Mask, cache: &mut dyn KvCache, rope: &Rope) -> Result<Array> {
+        let (hq, hk, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let (q, k, v) = if l == 1 {
-            (q, k, heads(&v, self.n_kv_heads)?)
+            // One position (every decode step): [B, H * D] -> [B, H, 1, D]
+            // moves no element, so a reshape gives the attention layout with
+            // no transpose, and a fused projection's heads are sliced out of
+            // [B, Hq + 2 Hk, 1, D] (1 reshape + 3 slices instead of 3 slices +
+            // 3 reshapes): the same values with fewer graph nodes for MLX to
+            // walk per token. The q/k norms normalise each head's row alone,
+            // in any layout.
+            let (q, k, v) = match &self.qkv {
+                Qkv::Separate { q, k, v } => (
+                    q.forward(x)?.reshape(&[b, hq, 1, d])?,
+                    k.forward(x)?.reshape(&[b, hk, 1, d])?,
+                    v.forward(x)?.reshape(&[b, hk, 1, d])?,
+                ),
+                Qkv::Fused(p) => {
+                    let qkv = p.forward(x)?.reshape(&[b, hq + 2 * hk, 1, d])?;
+                    (qkv.slice_axis(1, 0, hq)?, qkv.slice_axis(1, hq, hq + hk)?, qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)
+                }
+            };
+            match (&self.q_norm, &self.k_norm) {
+                (Some(qn), Some(kn)) => (qn.forward(&q)?, kn.forward(&k)?, v),
+                _ => (q, k, v),
+            }
         } else {
+            // A prompt chunk: op for op as mlx-lm's attention.
+            let (q, k, v) = match &self.qkv {
+                Qkv::Separate { q, k, v } => (q.forward(x)?, k.forward(x)?, v.forward(x)?),
+                Qkv::Fused(p) => {
+                    let qkv = p.forward(x)?;
+                    let (qn, kn) = (hq * d, hk * d);
+                    (qkv.slice_axis(-1, 0, qn)?, qkv.slice_axis(-1, qn, qn + kn)?, qkv.slice_axis(-1, qn + kn, qn + 2 * kn)?)
+                }
+            };
+            let mut q = q.reshape(&[b, l, hq, d])?;
+            let mut k = k.reshape(&[b, l, hk, d])?;
+            if let (Some(qn), Some(kn)) = (&self.q_norm, &self.k_norm) {
+                q = qn.forward(&q)?;
+                k = kn.forward(&k)?;
+            }
             (
                 q.transpose(&[0, 2, 1, 3])?,
                 k.transpose(&[0, 2, 1, 3])?,
-                v.reshape(&[b, l, self.n_kv_heads, -1])?.transpose(&[0, 2, 1, 3])?,
+                v.reshape(&[b, l, hk, d])?.transpose(&[0, 2, 1, 3])?,
             )
         };
         let offset = cache.offset();
@@ -91,7 +106,7 @@ impl Attention {
         let k = rope.forward(&k, offset)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         let o = Array::sdpa(&q, &k, &v, self.scale, mask)?;
-        let o = if l == 1 { o.reshape(&[b, 1, -1])? } else { o.transpose(&[0, 2, 1, 3])?.reshape(&[b, l, -1])? };
+        let o = if l == 1 { o.reshape(&[b, hq * d])? } else { o.transpose(&[0, 2, 1, 3])?.reshape(&[b * l, hq * d])? };
         self.o_proj.forward(&o)
     }
 }
@@ -199,15 +214,42 @@ impl Transformer {
 
     /// ids: [B, L] int32 -> logits [B, L, vocab].
     pub fn forward(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+        let s = ids.shape();
+        let (b, l) = (s[0], s[1]);
+        let h = self.hidden(&ids.reshape(&[b * l])?, b, l, caches)?;
+        let logits = self.head(&h)?;
+        let v = logits.dim(-1);
+        logits.reshape(&[b, l, v])
+    }
+
+    /// One sequence's ids [L] -> the logits of its last position, [1, vocab].
+    /// The final norm and the output projection work row by row, so this is
+    /// the last row of `forward` without computing the other L - 1 rows.
+    pub fn forward_last(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+        let l = ids.dim(0);
+        let h = self.hidden(ids, 1, l, caches)?;
+        let h = if l > 1 { h.slice_axis(0, l - 1, l)? } else { h };
+        self.head(&h)
+    }
+
+    /// ids [B * L] -> the last layer's hidden states [B * L, hidden]. Rows are
+    /// kept 2-d between layers: MLX multiplies a 3-d [B, L, hidden] by a
+    /// weight by flattening it to 2-d and back, which is two more graph nodes
+    /// per projection and the same matrix product.
+    fn hidden(&self, ids: &Array, b: i32, l: i32, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let mut h = self.embed.forward(ids)?;
-        let mask = if h.dim(1) > 1 { Mask::Causal } else { Mask::None };
+        let mask = if l > 1 { Mask::Causal } else { Mask::None };
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, &mask, cache.as_mut(), &self.rope)?;
+            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, b, l, &mask, cache.as_mut(), &self.rope)?;
             let h2 = h.add(&r)?;
             let r = layer.mlp.forward(&layer.post_norm.forward(&h2)?)?;
             h = h2.add(&r)?;
         }
-        let h = self.norm.forward(&h)?;
+        Ok(h)
+    }
+
+    fn head(&self, h: &Array) -> Result<Array> {
+        let h = self.norm.forward(h)?;
         match &self.lm_head {
             Some(head) => head.forward(&h),
             None => self.embed.as_linear(&h),
@@ -238,6 +280,17 @@ impl Transformer {
     /// Every weight array, for evaluating them once at load.
     pub fn arrays(&self) -> Vec<&Array> {
         let mut v: Vec<&Array> = self.linears().into_iter().flat_map(|l| l.arrays()).collect();
+        v.extend(self.norms());
+        v
+    }
+
+    /// Transposed views of the dense weights, evaluated after `arrays`.
+    pub fn views(&self) -> Vec<&Array> {
+        self.linears().into_iter().filter_map(|l| l.views()).collect()
+    }
+
+    fn norms(&self) -> Vec<&Array> {
+        let mut v = Vec::new();
         for l in &self.layers {
             v.push(&l.input_norm.weight);
             v.push(&l.post_norm.weight);
@@ -261,23 +314,14 @@ impl Transformer {
         let mut n: u64 = 0;
         for l in self.linears() {
             n += match l {
-                Linear::Dense { weight, bias } => weight.size() as u64 + bias.as_ref().map_or(0, |b| b.size() as u64),
+                Linear::Dense { weight, bias, .. } => weight.size() as u64 + bias.as_ref().map_or(0, |b| b.size() as u64),
                 Linear::Quantized { weight, bias, q, .. } => {
                     let s = weight.shape();
                     (s[0] as u64 * s[1] as u64 * 32 / q.bits as u64) + bias.as_ref().map_or(0, |b| b.size() as u64)
                 }
             };
         }
-        let norms: u64 = self.arrays().iter().filter(|a| a.ndim() == 1).map(|a| a.size() as u64).sum();
-        // biases were counted twice above (as 1-d arrays); norms are the rest.
-        let bias_elems: u64 = self
-            .linears()
-            .iter()
-            .map(|l| match l {
-                Linear::Dense { bias, .. } | Linear::Quantized { bias, .. } => bias.as_ref().map_or(0, |b| b.size() as u64),
-            })
-            .sum();
-        n + norms - bias_elems
+        n + self.norms().iter().map(|a| a.size() as u64).sum::<u64>()
     }
 
     /// Bits of the main weights: None when unquantized, else the most common width.

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# cider alone under several environments (e.g. MLX's CUDA command-buffer
+# knobs), one fresh `cider bench` process each, several rounds interleaved;
+# prints per setting the medians of decode tok/s, the host time per decode
+# step (graph build, MLX async eval) and ttft. Run on the lent GPU after
+# `bench/gpu.sh install` (uses the carried .whl/b/cider).
+#   bench/sweep.sh MODEL_DIR... -- "SETTING" ...   (SETTING: "K=V K=V" or "default")
+set -u
+models=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do models+=("$1"); shift; done
+shift
+PY=${PY:-python3}
+export LD_LIBRARY_PATH=$($PY -c 'import mlx; print(list(mlx.__path__)[0])')/lib
+A=${SWEEP_ARGS:---prompt-tokens 128 --gen-tokens 256 --repeat 3 --warmup-tokens 32}
+ROUNDS=${SWEEP_ROUNDS:-2}
+out=$(mktemp -d)
+for m in "${models[@]}"; do
+    for r in $(seq $ROUNDS); do
+        i=0
+        for setting in "$@"; do
+            i=$((i + 1))
+            [ "$setting" = default ] && e="" || e=$setting
+            env $e ${CIDER:-.whl/b/cider} bench --model "$m" $A --format json > "$out/$(basename $m).$i.$r.json" 2>/dev/null \
+                || echo "failed: $m $setting" >&2
+        done
+    done
+done
+$PY - "$out" "${models[@]}" -- "$@" <<'PYEOF'
+import json, statistics, sys
+from pathlib import Path
+out = Path(sys.argv[1]); args = sys.argv[2:]; k = args.index("--")
+models, settings = args[:k], args[k + 1:]
+print(f"| model | setting | decode tok/s | build ms/tok | async eval ms/tok | ttft ms |")
+print("|---|---|---|---|---|---|")
+for m in models:
+    for i, s in enumerate(settings, 1):
+        runs = [r for f in sorted(out.glob(f"{Path(m).name}.{i}.*.json")) for r in json.loads(f.read_text())["runs"]]
+        if not runs:
+            continue
+        med = lambda key: statistics.median(r[key] for r in runs)
+        print(f"| {Path(m).name} | {s} | {med('gen_tps'):.1f} | {med('build_ms'):.3f} | {med('submit_ms'):.3f} | {1e3 * med('ttft_s'):.2f} |")
+PYEOF
