@@ -250,8 +250,9 @@ def main(argv=None) -> int:
     p.add_argument("--prime", default="auto", choices=["auto", "yes", "no"],
                    help="one unmeasured process per engine before the rounds (auto: on the GPU)")
     p.add_argument("--json", default=None, help="write all results here")
-    p.add_argument("--cider-f32", action="store_true",
-                   help="also run cider with --compute-dtype float32 (engine cider-f32; faster on CPU, not bit-identical)")
+    p.add_argument("--cider-f32", default="auto", choices=["auto", "yes", "no"],
+                   help="also run cider with --compute-dtype float32 (engine cider-f32; much faster on CPU, not "
+                        "bit-identical to mlx-lm; auto: on the CPU)")
     a = p.parse_args(argv)
     if a.worker:
         if a.device == "auto":
@@ -260,7 +261,9 @@ def main(argv=None) -> int:
         return worker(a)
     if not a.models:
         p.error("give at least one model folder")
-    a.prime = a.prime == "yes" or (a.prime == "auto" and a.device != "cpu" and gpu_available())
+    on_gpu = a.device != "cpu" and gpu_available()
+    a.prime = a.prime == "yes" or (a.prime == "auto" and on_gpu)
+    a.cider_f32 = a.cider_f32 == "yes" or (a.cider_f32 == "auto" and not on_gpu)
     cenv = dict(kv.split("=", 1) for kv in a.cider_env)
     engines: Dict[str, Tuple[Dict[str, str], List[str]]] = {"cider": (cenv, []), "mlx-lm": ({}, [])}
     if a.cider_f32:

@@ -12,6 +12,13 @@ pub struct QuantParams {
 
 pub const QUANT_MODE: &str = "affine";
 
+/// MLX's CUDA backend runs a one-row quantized product with its fast
+/// matrix-vector kernel only up to 16384 outputs (larger ones go to the
+/// general matrix kernel, slower for one row). Stacking an 8B model's
+/// gate and up projections (2 x 14336) would cross that, so such layers
+/// stay separate.
+pub const MAX_FUSED_QUANT_ROWS: i64 = 16384;
+
 /// A bias is kept as a [1, out] row (made once at load), so adding it to a
 /// decode step's [1, out] output needs no broadcast node; a prompt chunk's
 /// [L, out] gets the same values broadcast as from an [out] vector.
@@ -52,7 +59,8 @@ impl Linear {
     /// the same row with the same input, reduced along the same axis, so the
     /// results match the separate layers. Gives the parts back unchanged when
     /// they cannot be stacked (dense mixed with quantized, different
-    /// quantization, dtypes, or bias presence).
+    /// quantization, dtypes, or bias presence), or when a stacked quantized
+    /// layer would have more than `MAX_FUSED_QUANT_ROWS` outputs.
     pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
         // Weights stack along their output rows (axis 0), bias rows along
         // their last axis.
@@ -64,6 +72,15 @@ impl Linear {
             Ok(out)
         }
         if parts.len() < 2 {
+            return Err(parts);
+        }
+        let rows: i64 = parts
+            .iter()
+            .map(|p| match p {
+                Linear::Dense { weight, .. } | Linear::Quantized { weight, .. } => weight.dim(0) as i64,
+            })
+            .sum();
+        if matches!(parts[0], Linear::Quantized { .. }) && rows > MAX_FUSED_QUANT_ROWS {
             return Err(parts);
         }
         let first = &parts[0];
@@ -163,20 +180,21 @@ impl Linear {
 }
 
 /// Token embedding; a quantized one dequantizes only the rows it looks up.
-pub struct Embedding(pub Linear);
+/// The second field is the compute dtype the looked-up rows are converted to
+/// (rows dequantized with scales kept in a narrower dtype come out in it).
+pub struct Embedding(pub Linear, pub Option<crate::mlx::Dtype>);
 
 impl Embedding {
     pub fn forward(&self, ids: &Array) -> Result<Array> {
         match &self.0 {
             Linear::Dense { weight, .. } => weight.take(ids, 0),
-            Linear::Quantized { weight, scales, biases, q, .. } => Array::dequantize(
-                &weight.take(ids, 0)?,
-                &scales.take(ids, 0)?,
-                Some(&biases.take(ids, 0)?),
-                q.group_size,
-                q.bits,
-                QUANT_MODE,
-            ),
+            Linear::Quantized { weight, scales, biases, q, .. } => {
+                let (mut s, mut b) = (scales.take(ids, 0)?, biases.take(ids, 0)?);
+                if let Some(dt) = self.1 {
+                    (s, b) = (s.astype(dt)?, b.astype(dt)?);
+                }
+                Array::dequantize(&weight.take(ids, 0)?, &s, Some(&b), q.group_size, q.bits, QUANT_MODE)
+            }
         }
     }
     /// The embedding used as the output projection (tied weights).

@@ -142,7 +142,31 @@ impl Weights {
             )));
         }
         let a = self.tensors.remove(name).expect("shape and tensor maps agree");
-        match self.cast {
+        self.cast_to(a, self.cast)
+    }
+
+    /// Quantization scales and biases: converted at load only when that
+    /// does not grow them. Widening them (bf16 -> float32 compute) would cost
+    /// memory for every layer; MLX's quantized matmul converts them to the
+    /// input's dtype itself, per call and one layer at a time.
+    fn take_quant_param(&mut self, name: &str, shape: &[i64]) -> Result<Array> {
+        let cast = self.cast;
+        let a = self.take_uncast(name, shape)?;
+        match cast {
+            Some(dt) if dt.size() > a.dtype().size() => Ok(a),
+            _ => self.cast_to(a, cast),
+        }
+    }
+
+    fn take_uncast(&mut self, name: &str, shape: &[i64]) -> Result<Array> {
+        let cast = self.cast.take();
+        let r = self.take(name, shape);
+        self.cast = cast;
+        r
+    }
+
+    fn cast_to(&self, a: Array, cast: Option<crate::mlx::Dtype>) -> Result<Array> {
+        match cast {
             // Lazy: the stored dtype is read and converted in the one load pass.
             Some(dt) if a.dtype().is_float() && a.dtype() != dt => a.astype(dt),
             _ => Ok(a),
@@ -199,8 +223,8 @@ impl Weights {
         let packed = in_dim * q.bits as i64 / 32;
         let groups = in_dim / q.group_size as i64;
         let weight = self.take(&format!("{prefix}.weight"), &[rows, packed])?;
-        let scales = self.take(&format!("{prefix}.scales"), &[rows, groups])?;
-        let biases = self.take(&format!("{prefix}.biases"), &[rows, groups])?;
+        let scales = self.take_quant_param(&format!("{prefix}.scales"), &[rows, groups])?;
+        let biases = self.take_quant_param(&format!("{prefix}.biases"), &[rows, groups])?;
         Ok((weight, scales, biases))
     }
 
@@ -218,7 +242,8 @@ impl Weights {
     }
 
     pub fn embedding(&mut self, prefix: &str, vocab: usize, dim: usize) -> Result<Embedding> {
-        self.linear(prefix, dim, vocab, false).map(Embedding)
+        let cast = self.cast;
+        self.linear(prefix, dim, vocab, false).map(|l| Embedding(l, cast))
     }
 
     pub fn rms_norm(&mut self, prefix: &str, dim: usize, eps: f32) -> Result<RmsNorm> {

@@ -53,8 +53,11 @@ pub struct Transformer {
 unsafe impl Sync for Transformer {}
 
 impl Attention {
-    /// x: [B * L, hidden] (rows of B sequences of L positions) -> the same.
-    fn forward(&self, x: &Array, b: i32, l: i32, mask: &Mask, cache: &mut dyn KvCache, rope: &Rope) -> Result<Array> {
+    /// x: [B * L, hidden] (rows of B sequences of L positions) -> the same,
+    /// or with `last` only each sequence's last row, [B, hidden] (all L
+    /// positions still go into the cache).
+    #[allow(clippy::too_many_arguments)]
+    fn forward(&self, x: &Array, b: i32, l: i32, mask: &Mask, cache: &mut dyn KvCache, rope: &Rope, last: bool) -> Result<Array> {
         let (hq, hk, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
         let (q, k, v) = if l == 1 {
             // One position (every decode step): [B, H * D] -> [B, H, 1, D]
@@ -102,9 +105,16 @@ impl Attention {
             )
         };
         let offset = cache.offset();
-        let q = rope.forward(&q, offset)?;
         let k = rope.forward(&k, offset)?;
         let (k, v) = cache.update_and_fetch(&k, &v)?;
+        if last && l > 1 {
+            // Only the last query: the same computation as a one-position
+            // step at offset + l - 1, which sees every key (no mask).
+            let q = rope.forward(&q.slice_axis(2, l - 1, l)?, offset + l - 1)?;
+            let o = Array::sdpa(&q, &k, &v, self.scale, &Mask::None)?;
+            return self.o_proj.forward(&o.reshape(&[b, hq * d])?);
+        }
+        let q = rope.forward(&q, offset)?;
         let o = Array::sdpa(&q, &k, &v, self.scale, mask)?;
         let o = if l == 1 { o.reshape(&[b, hq * d])? } else { o.transpose(&[0, 2, 1, 3])?.reshape(&[b * l, hq * d])? };
         self.o_proj.forward(&o)
@@ -216,19 +226,20 @@ impl Transformer {
     pub fn forward(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let s = ids.shape();
         let (b, l) = (s[0], s[1]);
-        let h = self.hidden(&ids.reshape(&[b * l])?, b, l, caches)?;
+        let h = self.hidden(&ids.reshape(&[b * l])?, b, l, caches, false)?;
         let logits = self.head(&h)?;
         let v = logits.dim(-1);
         logits.reshape(&[b, l, v])
     }
 
     /// One sequence's ids [L] -> the logits of its last position, [1, vocab].
-    /// The final norm and the output projection work row by row, so this is
-    /// the last row of `forward` without computing the other L - 1 rows.
+    /// Past the last layer's keys and values nothing depends on the other
+    /// L - 1 rows, so its attention and MLP (and the head) run on the last
+    /// row alone: the ops a one-position step would run, without the memory
+    /// or work for rows nobody reads.
     pub fn forward_last(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let l = ids.dim(0);
-        let h = self.hidden(ids, 1, l, caches)?;
-        let h = if l > 1 { h.slice_axis(0, l - 1, l)? } else { h };
+        let h = self.hidden(ids, 1, l, caches, true)?;
         self.head(&h)
     }
 
@@ -236,11 +247,17 @@ impl Transformer {
     /// kept 2-d between layers: MLX multiplies a 3-d [B, L, hidden] by a
     /// weight by flattening it to 2-d and back, which is two more graph nodes
     /// per projection and the same matrix product.
-    fn hidden(&self, ids: &Array, b: i32, l: i32, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+    /// With `last` (one sequence), the last layer keeps only the last row.
+    fn hidden(&self, ids: &Array, b: i32, l: i32, caches: &mut [Box<dyn KvCache>], last: bool) -> Result<Array> {
         let mut h = self.embed.forward(ids)?;
         let mask = if l > 1 { Mask::Causal } else { Mask::None };
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, b, l, &mask, cache.as_mut(), &self.rope)?;
+        let n = self.layers.len();
+        for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
+            let last_rows = last && l > 1 && i + 1 == n;
+            let r = layer.attn.forward(&layer.input_norm.forward(&h)?, b, l, &mask, cache.as_mut(), &self.rope, last_rows)?;
+            if last_rows {
+                h = h.slice_axis(0, l - 1, l)?;
+            }
             let h2 = h.add(&r)?;
             let r = layer.mlp.forward(&layer.post_norm.forward(&h2)?)?;
             h = h2.add(&r)?;
