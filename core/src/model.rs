@@ -115,10 +115,14 @@ impl Model {
         }
         mlx::eval(&net.views())?;
         let resident = memory::active().saturating_sub(before) as u64;
-        let dtype = arrays
-            .iter()
-            .filter(|a| a.dtype().is_float())
-            .map(|a| a.dtype().name())
+        // The dtype activations run in: the compute dtype when one was asked
+        // for (quantization scales may stay narrower, see Weights), else the
+        // first float tensor's (the embedding, or its scales).
+        let dtype = opts
+            .compute_dtype
+            .map(|d| d.name())
+            .into_iter()
+            .chain(arrays.iter().filter(|a| a.dtype().is_float()).map(|a| a.dtype().name()))
             .next()
             .unwrap_or("float32")
             .to_string();

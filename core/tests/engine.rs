@@ -283,6 +283,9 @@ fn compute_dtype_converts_every_float_tensor() {
         let opts = cider_core::LoadOptions { compute_dtype: Some(Dtype::F32) };
         let m = Arc::new(Model::load_with(&dir, &opts, &mut |_| true).unwrap());
         assert_eq!(m.info.dtype, "float32");
+        // Norms (and dense weights) are converted; quantization scales are
+        // not widened (MLX converts them per call).
+        assert!(m.net.arrays().iter().filter(|a| a.ndim() == 1).all(|a| a.dtype() == Dtype::F32));
         let logits = m.forward(&Array::from_i32(&[0, 3, 4], &[1, 3]).unwrap(), &mut m.net.make_caches()).unwrap();
         assert_eq!(logits.dtype(), Dtype::F32);
         assert_eq!(run(&m, PROMPT, &greedy(4)).tokens.len(), 4);
