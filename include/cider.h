@@ -210,8 +210,10 @@ typedef struct cider_load_options {
     /**
      * NUL-terminated dtype to compute in: NULL (the default) keeps the
      * checkpoint's dtypes, bit-identical to mlx-lm; "float32" (or "float16",
-     * "bfloat16") converts every float tensor once at load. float32 is much
-     * faster on CPUs (MLX's bf16 CPU kernels are slow) and uses more memory.
+     * "bfloat16") computes in that dtype: float weights and norms are
+     * converted once at load, quantization scales only where that does not
+     * widen them. float32 is much faster on CPUs (MLX's bf16 CPU kernels
+     * are slow) and uses more memory.
      */
     const char *compute_dtype;
 } cider_load_options;

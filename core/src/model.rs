@@ -35,8 +35,9 @@ pub struct ModelInfo {
 /// How to load a model. `Default` gives bit-parity with mlx-lm.
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
-    /// Convert every float tensor (weights, norms, quantization scales and
-    /// biases) to this dtype once at load, so activations are computed in it.
+    /// Compute in this dtype: float weights and norms are converted once at
+    /// load; quantization scales and biases only where that does not widen
+    /// them (MLX converts them to the activations' dtype per call).
     /// `Some(F32)` is much faster on CPUs, whose MLX kernels for bf16/f16 are
     /// slow, at the cost of bit-parity with mlx-lm (which computes in the
     /// checkpoint's dtype). None keeps the checkpoint's dtypes.

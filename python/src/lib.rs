@@ -803,7 +803,8 @@ impl Model {
 /// is released while loading; `progress(fraction)` is called along the way
 /// and may return False to cancel (CancelledError). Ctrl-C also cancels.
 /// `compute_dtype` ("float32", "float16", "bfloat16"; None = the checkpoint's)
-/// converts the weights once at load: float32 is much faster on CPUs, but not
+/// computes in that dtype (weights converted once at load; quantization
+/// scales kept as stored): float32 is much faster on CPUs, but not
 /// bit-identical to mlx-lm.
 #[pyfunction]
 #[pyo3(signature = (path, *, progress = None, compute_dtype = None))]
