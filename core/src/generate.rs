@@ -302,6 +302,9 @@ impl Session {
             done += n;
         }
 
+        if self.cancelled() {
+            return Err(Error::cancelled());
+        }
         let mut decoder = model.tokenizer.stream_decoder();
         let mut scan = StopScan { stops: &opts.stop, text: String::new(), emitted: 0 };
         let mut tokens: Vec<u32> = Vec::new();

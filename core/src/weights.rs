@@ -274,10 +274,16 @@ impl Weights {
 fn check_fits<'a>(dir: &Path, headers: impl Iterator<Item = &'a Header>, cast: Option<crate::mlx::Dtype>) -> Result<()> {
     let Some(total) = crate::manager::budget::system_memory() else { return Ok(()) };
     let need: u64 = headers
-        .flat_map(|h| h.tensors.values())
-        .map(|t| match cast {
-            Some(dt) if t.dtype.is_float() => t.shape.iter().product::<i64>() as u64 * dt.size() as u64,
-            _ => t.nbytes,
+        .flat_map(|h| h.tensors.iter())
+        .map(|(name, t)| {
+            // Quantization scales and biases are not widened (take_quant_param).
+            let quant_param = name.ends_with(".scales") || name.ends_with(".biases");
+            match cast {
+                Some(dt) if t.dtype.is_float() && !(quant_param && dt.size() > t.dtype.size()) => {
+                    t.shape.iter().product::<i64>() as u64 * dt.size() as u64
+                }
+                _ => t.nbytes,
+            }
         })
         .sum();
     if need > total {

@@ -121,6 +121,26 @@ fn callback_cancels_between_tokens() {
     assert_eq!(r.tokens.len(), 3);
 }
 
+/// A cancel flag already set stops the generation before the prompt pass,
+/// whether or not the prompt is long enough to be prefilled in chunks.
+#[test]
+fn cancel_flag_stops_before_the_prompt_pass() {
+    let m = load("cancel-flag", &Spec::default());
+    for step in [2048, 2] {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let mut events = 0;
+        let e = Session::new(m.clone())
+            .with_cancel_flag(flag)
+            .generate(PROMPT, &GenerateOptions { prefill_step_size: step, ..greedy(4) }, &mut |_: &StreamEvent| {
+                events += 1;
+                true
+            })
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Cancelled, "prefill_step_size {step}: {e}");
+        assert_eq!(events, 0);
+    }
+}
+
 #[test]
 fn eos_stops_unless_ignored() {
     let m = load("eos", &Spec::default());

@@ -256,6 +256,8 @@ impl Transformer {
             let last_rows = last && l > 1 && i + 1 == n;
             let r = layer.attn.forward(&layer.input_norm.forward(&h)?, b, l, &mask, cache.as_mut(), &self.rope, last_rows)?;
             if last_rows {
+                // One sequence (forward_last): its last row.
+                debug_assert_eq!(b, 1);
                 h = h.slice_axis(0, l - 1, l)?;
             }
             let h2 = h.add(&r)?;
