@@ -120,33 +120,30 @@ fn wrap(r: std::result::Result<UniquePtr<ffi::Array>, cxx::Exception>) -> Result
     Ok(Array { inner: r? })
 }
 
-/// A list of arrays for evaluating several outputs in one graph.
-pub fn eval(arrays: &[&Array]) -> Result<()> {
+/// An MLX list holding `arrays`, for the calls that take several at once.
+fn list_of(arrays: &[&Array]) -> UniquePtr<ffi::ArrayList> {
     let mut l = ffi::list_new();
     for a in arrays {
         ffi::list_push(l.pin_mut(), &a.inner);
     }
-    ffi::eval_list(&l)?;
+    l
+}
+
+/// Evaluate several outputs in one graph.
+pub fn eval(arrays: &[&Array]) -> Result<()> {
+    ffi::eval_list(&list_of(arrays))?;
     Ok(())
+}
+
+/// The primitive names of the graph nodes an eval of `arrays` would run.
+pub fn graph_census(arrays: &[&Array]) -> Vec<String> {
+    ffi::graph_census(&list_of(arrays))
 }
 
 /// Start computing `arrays` on the device and return at once, so the host can
 /// build the next step's graph meanwhile.
-/// The primitive names of the graph nodes an eval of `arrays` would run.
-pub fn graph_census(arrays: &[&Array]) -> Vec<String> {
-    let mut l = ffi::list_new();
-    for a in arrays {
-        ffi::list_push(l.pin_mut(), &a.inner);
-    }
-    ffi::graph_census(&l)
-}
-
 pub fn async_eval(arrays: &[&Array]) -> Result<()> {
-    let mut l = ffi::list_new();
-    for a in arrays {
-        ffi::list_push(l.pin_mut(), &a.inner);
-    }
-    ffi::async_eval_list(&l)?;
+    ffi::async_eval_list(&list_of(arrays))?;
     Ok(())
 }
 
