@@ -142,35 +142,8 @@ impl Weights {
             )));
         }
         let a = self.tensors.remove(name).expect("shape and tensor maps agree");
-        self.cast_to(a, self.cast)
-    }
-
-    /// Quantization scales and biases: converted at load only when that
-    /// does not grow them. Widening them (bf16 -> float32 compute) would cost
-    /// memory for every layer; MLX's quantized matmul converts them to the
-    /// input's dtype itself, per call and one layer at a time.
-    fn take_quant_param(&mut self, name: &str, shape: &[i64]) -> Result<Array> {
-        let cast = self.cast;
-        let a = self.take_uncast(name, shape)?;
-        match cast {
-            Some(dt) if dt.size() > a.dtype().size() => Ok(a),
-            _ => self.cast_to(a, cast),
-        }
-    }
-
-    fn take_uncast(&mut self, name: &str, shape: &[i64]) -> Result<Array> {
-        let cast = self.cast.take();
-        let r = self.take(name, shape);
-        self.cast = cast;
-        r
-    }
-
-    fn cast_to(&self, a: Array, cast: Option<crate::mlx::Dtype>) -> Result<Array> {
-        match cast {
-            // Lazy: the stored dtype is read and converted in the one load pass.
-            Some(dt) if a.dtype().is_float() && a.dtype() != dt => a.astype(dt),
-            _ => Ok(a),
-        }
+        // Lazy: the stored dtype is read and converted in the one load pass.
+        a.astype(kept_dtype(name, a.dtype(), self.cast))
     }
 
     pub fn take_opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Array>> {
@@ -223,8 +196,8 @@ impl Weights {
         let packed = in_dim * q.bits as i64 / 32;
         let groups = in_dim / q.group_size as i64;
         let weight = self.take(&format!("{prefix}.weight"), &[rows, packed])?;
-        let scales = self.take_quant_param(&format!("{prefix}.scales"), &[rows, groups])?;
-        let biases = self.take_quant_param(&format!("{prefix}.biases"), &[rows, groups])?;
+        let scales = self.take(&format!("{prefix}.scales"), &[rows, groups])?;
+        let biases = self.take(&format!("{prefix}.biases"), &[rows, groups])?;
         Ok((weight, scales, biases))
     }
 
@@ -271,19 +244,32 @@ impl Weights {
 /// Refuse weights that cannot fit in this machine's memory before MLX tries:
 /// an allocation failure inside MLX's evaluation thread could not be
 /// reported as an error.
+/// The dtype a stored tensor is kept in when loading with the compute dtype
+/// `cast`: float tensors are converted, except that quantization scales and
+/// biases (`*.scales`, `*.biases`) are never widened. Widening them (bf16 ->
+/// float32 compute) would cost memory in every layer; MLX's quantized matmul
+/// converts them to the input's dtype itself, per call, one layer at a time.
+fn kept_dtype(name: &str, stored: crate::mlx::Dtype, cast: Option<crate::mlx::Dtype>) -> crate::mlx::Dtype {
+    match cast {
+        Some(dt) if stored.is_float() => {
+            let quant_param = name.ends_with(".scales") || name.ends_with(".biases");
+            if quant_param && dt.size() > stored.size() {
+                stored
+            } else {
+                dt
+            }
+        }
+        _ => stored,
+    }
+}
+
 fn check_fits<'a>(dir: &Path, headers: impl Iterator<Item = &'a Header>, cast: Option<crate::mlx::Dtype>) -> Result<()> {
     let Some(total) = crate::manager::budget::system_memory() else { return Ok(()) };
     let need: u64 = headers
         .flat_map(|h| h.tensors.iter())
-        .map(|(name, t)| {
-            // Quantization scales and biases are not widened (take_quant_param).
-            let quant_param = name.ends_with(".scales") || name.ends_with(".biases");
-            match cast {
-                Some(dt) if t.dtype.is_float() && !(quant_param && dt.size() > t.dtype.size()) => {
-                    t.shape.iter().product::<i64>() as u64 * dt.size() as u64
-                }
-                _ => t.nbytes,
-            }
+        .map(|(name, t)| match kept_dtype(name, t.dtype, cast) {
+            dt if dt == t.dtype => t.nbytes,
+            dt => t.shape.iter().product::<i64>() as u64 * dt.size() as u64,
         })
         .sum();
     if need > total {
