@@ -291,9 +291,12 @@ impl Session {
         // GPU, matrix products may round differently for a block of rows than
         // for one row.
         let mut done = 0;
-        while ids.len() - done > opts.prefill_step_size {
+        loop {
             if self.cancelled() {
                 return Err(Error::cancelled());
+            }
+            if ids.len() - done <= opts.prefill_step_size {
+                break;
             }
             let n = opts.prefill_step_size;
             let _g = mlx_lock();
@@ -302,9 +305,6 @@ impl Session {
             done += n;
         }
 
-        if self.cancelled() {
-            return Err(Error::cancelled());
-        }
         let mut decoder = model.tokenizer.stream_decoder();
         let mut scan = StopScan { stops: &opts.stop, text: String::new(), emitted: 0 };
         let mut tokens: Vec<u32> = Vec::new();
