@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "mlx/primitives.h"
+#include "mlx/scheduler.h"
 
 namespace mx = mlx::core;
 
@@ -150,6 +151,8 @@ size_t list_len(const ArrayList& l) { return l.v.size(); }
 ArrPtr list_get(const ArrayList& l, size_t i) { return wrap(l.v.at(i)); }
 void eval_list(const ArrayList& l) { mx::eval(l.v); }
 void async_eval_list(const ArrayList& l) { mx::async_eval(l.v); }
+void synchronize() { mx::synchronize(); }
+int32_t active_tasks() { return mx::scheduler::n_active_tasks(); }
 void eval_one(const Array& a) { mx::eval({a.a}); }
 
 // The primitive of every node an eval of `l` would run (each unevaluated

@@ -56,6 +56,8 @@ size_t list_len(const ArrayList& l);
 ArrPtr list_get(const ArrayList& l, size_t i);
 void eval_list(const ArrayList& l);
 void async_eval_list(const ArrayList& l);
+void synchronize();
+int32_t active_tasks();
 rust::Vec<rust::String> graph_census(const ArrayList& l);
 void eval_one(const Array& a);
 

@@ -166,6 +166,21 @@ impl Stepper<'_> {
     }
 }
 
+/// Drains MLX's stream when a generation returns. Work left in flight would
+/// run on after the caller may have exited the process, and exit destroys
+/// MLX's allocator under the stream thread (a SIGSEGV after `cider generate`
+/// had printed its output: 4 of about 700 runs, two at a time on two cores).
+struct Drain;
+
+impl Drop for Drain {
+    fn drop(&mut self) {
+        let _g = mlx_lock();
+        // Nothing to report from a drop; an MLX error here would have
+        // surfaced from the step that caused it.
+        let _ = mlx::synchronize();
+    }
+}
+
 /// `CIDER_GRAPH_CENSUS=1` prints, once per generation, the MLX primitives of
 /// one decode step's graph to stderr: MLX's host time per token grows with
 /// their number (bench/RESULTS.md, "where the time goes").
@@ -279,6 +294,10 @@ impl Session {
             memory::reset_peak();
             Stepper { model, caches: model.net.make_caches(), sampler: Sampler::new(opts.sampler.clone())?, history: None, penalty }
         };
+        // From here on MLX may hold work for this generation in flight (a
+        // prompt layer, the step after an EOS); however this returns, the
+        // stream is drained first.
+        let _drain = Drain;
         let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
 
         // Prefill in chunks of prefill_step_size at the same boundaries as
@@ -328,7 +347,9 @@ impl Session {
                 let _g = mlx_lock();
                 let tb = Instant::now();
                 let mut ts = tb;
-                let next = if n != opts.max_tokens {
+                // No step is built past the last token: mlx-lm builds one
+                // it never reads.
+                let next = if n + 1 < opts.max_tokens {
                     let next = st.step(&y)?;
                     ts = Instant::now();
                     if n == 1 && census_requested() {
@@ -339,7 +360,7 @@ impl Session {
                 } else {
                     None
                 };
-                if n == opts.max_tokens {
+                if opts.max_tokens == 0 {
                     break;
                 }
                 let tw = Instant::now();
@@ -376,7 +397,10 @@ impl Session {
             if n % 256 == 0 {
                 memory::clear_cache();
             }
-            y = next.expect("a next step exists below max_tokens");
+            y = match next {
+                Some(next) => next,
+                None => break,
+            };
             n += 1;
         }
         if !stopped_by_string {
@@ -393,7 +417,9 @@ impl Session {
         }
         let peak = {
             let _g = mlx_lock();
-            // Let the speculative last step finish before reading the peak.
+            // A step built before an EOS or a stop may still be running:
+            // count its memory too.
+            mlx::synchronize()?;
             memory::peak() as u64
         };
         let gen_s = t_last.duration_since(t_first).as_secs_f64();

@@ -147,6 +147,20 @@ pub fn async_eval(arrays: &[&Array]) -> Result<()> {
     Ok(())
 }
 
+/// Wait until the default stream has no work left. Work still running when
+/// the process exits crashes it: exit destroys MLX's allocator while the
+/// stream thread frees the finished step's buffers (seen as a SIGSEGV after
+/// `cider generate` had printed its output).
+pub fn synchronize() -> Result<()> {
+    ffi::synchronize()?;
+    Ok(())
+}
+
+/// How many evaluations MLX has submitted and not finished, on all streams.
+pub fn active_tasks() -> usize {
+    ffi::active_tasks().max(0) as usize
+}
+
 fn list_to_vec(l: UniquePtr<ffi::ArrayList>) -> Result<Vec<Array>> {
     (0..ffi::list_len(&l)).map(|i| wrap(ffi::list_get(&l, i))).collect()
 }

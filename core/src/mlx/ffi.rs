@@ -31,6 +31,8 @@ pub(crate) mod ffi {
         fn list_get(l: &ArrayList, i: usize) -> Result<UniquePtr<Array>>;
         fn eval_list(l: &ArrayList) -> Result<()>;
         fn async_eval_list(l: &ArrayList) -> Result<()>;
+        fn synchronize() -> Result<()>;
+        fn active_tasks() -> i32;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 
