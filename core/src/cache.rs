@@ -1,7 +1,7 @@
 //! Per-layer key/value caches. A generation session owns its caches, so one
 //! loaded model can serve many sessions at once.
 use crate::error::Result;
-use crate::mlx::Array;
+use crate::mlx::{Array, Dtype};
 
 pub trait KvCache: Send {
     /// Append keys/values of shape [B, kv_heads, L, head_dim] and return the
@@ -19,11 +19,16 @@ pub trait KvCache: Send {
 /// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps of
 /// 256 positions and writes new entries with slice updates, so no step
 /// re-copies the whole history.
+///
+/// `store` narrows what is kept: under a float32 compute dtype the cache
+/// holds the checkpoint's bf16/f16, as mlx-lm's does, so it costs mlx-lm's
+/// memory instead of twice it. Entries are widened back for attention.
 #[derive(Default)]
 pub struct StandardCache {
     keys: Option<Array>,
     values: Option<Array>,
     offset: i32,
+    store: Option<Dtype>,
 }
 
 const STEP: i32 = 256;
@@ -32,10 +37,23 @@ impl StandardCache {
     pub fn new() -> Self {
         Self::default()
     }
+    /// A cache that keeps entries in `store` (None: as they come).
+    pub fn stored_as(store: Option<Dtype>) -> Self {
+        StandardCache { store, ..Self::default() }
+    }
 }
 
 impl KvCache for StandardCache {
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        let compute = keys.dtype();
+        let narrowed;
+        let (keys, values) = match self.store {
+            Some(dt) if dt != compute => {
+                narrowed = (keys.astype(dt)?, values.astype(dt)?);
+                (&narrowed.0, &narrowed.1)
+            }
+            _ => (keys, values),
+        };
         let prev = self.offset;
         let ks = keys.shape();
         let vs = values.shape();
@@ -73,6 +91,9 @@ impl KvCache for StandardCache {
         };
         self.keys = Some(k);
         self.values = Some(v);
+        if out.0.dtype() != compute {
+            return Ok((out.0.astype(compute)?, out.1.astype(compute)?));
+        }
         Ok(out)
     }
     fn offset(&self) -> i32 {

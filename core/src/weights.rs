@@ -121,6 +121,10 @@ impl Weights {
     pub fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
     }
+    /// The dtype a tensor not yet taken is stored in (before any cast).
+    pub fn stored_dtype(&self, name: &str) -> Option<crate::mlx::Dtype> {
+        self.tensors.get(name).map(|a| a.dtype())
+    }
     pub fn shape(&self, name: &str) -> Option<&[i64]> {
         self.shapes.get(name).map(|s| s.as_slice())
     }

@@ -306,10 +306,24 @@ fn compute_dtype_converts_every_float_tensor() {
         // Norms (and dense weights) are converted; quantization scales are
         // not widened (MLX converts them per call).
         assert!(m.net.arrays().iter().filter(|a| a.ndim() == 1).all(|a| a.dtype() == Dtype::F32));
-        let logits = m.forward(&Array::from_i32(&[0, 3, 4], &[1, 3]).unwrap(), &mut m.net.make_caches()).unwrap();
+        let mut caches = m.net.make_caches();
+        let logits = m.forward(&Array::from_i32(&[0, 3, 4], &[1, 3]).unwrap(), &mut caches).unwrap();
         assert_eq!(logits.dtype(), Dtype::F32);
+        // The KV cache keeps the checkpoint's bf16 (mlx-lm's memory), and
+        // attention gets it back in float32.
+        assert!(caches.iter().flat_map(|c| c.state()).all(|a| a.dtype() == Dtype::BF16));
+        let keys = Array::from_f32(&[0.5; 32], &[1, 2, 1, 16]).unwrap();
+        let (k, v) = caches[0].update_and_fetch(&keys, &keys).unwrap();
+        assert_eq!((k.dtype(), v.dtype(), k.dim(2)), (Dtype::F32, Dtype::F32, 4));
         assert_eq!(run(&m, PROMPT, &greedy(4)).tokens.len(), 4);
     }
+    // Without a compute dtype the cache keeps what it is given.
+    let dir = tmpdir("cdt-none");
+    write_model(&dir, &Spec { dtype: Dtype::BF16, ..Default::default() });
+    let m = Model::load(&dir).unwrap();
+    let mut caches = m.net.make_caches();
+    m.forward(&Array::from_i32(&[0, 3, 4], &[1, 3]).unwrap(), &mut caches).unwrap();
+    assert!(caches.iter().flat_map(|c| c.state()).all(|a| a.dtype() == Dtype::BF16));
     let dir = tmpdir("cdt-bad");
     write_model(&dir, &Spec::default());
     let bad = cider_core::LoadOptions { compute_dtype: Some(Dtype::I32) };

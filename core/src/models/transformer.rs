@@ -4,7 +4,7 @@
 use super::ArchConfig;
 use crate::cache::{KvCache, StandardCache};
 use crate::error::Result;
-use crate::mlx::{Array, Mask};
+use crate::mlx::{Array, Dtype, Mask};
 use crate::nn::{Embedding, Linear, QuantParams, RmsNorm};
 use crate::rope::Rope;
 use crate::weights::Weights;
@@ -44,6 +44,9 @@ pub struct Transformer {
     norm: RmsNorm,
     lm_head: Option<Linear>,
     rope: Rope,
+    /// The dtype KV caches keep entries in, when narrower than the compute
+    /// dtype (see StandardCache).
+    kv_dtype: Option<Dtype>,
 }
 
 // SAFETY: after loading, a Transformer is never mutated; its arrays are
@@ -140,6 +143,13 @@ impl Transformer {
         let c = &config;
         let (d, hd) = (c.hidden_size, c.head_dim);
         let eps = c.rms_norm_eps;
+        // The checkpoint's activation dtype, as mlx-lm runs it: the
+        // embedding's (its scales' when quantized).
+        let stored = w.stored_dtype("model.embed_tokens.scales").or_else(|| w.stored_dtype("model.embed_tokens.weight"));
+        let kv_dtype = match (w.cast, stored) {
+            (Some(compute), Some(dt)) if dt.is_float() && dt.size() < compute.size() => Some(dt),
+            _ => None,
+        };
         let embed = w.embedding("model.embed_tokens", c.vocab_size, d)?;
         let mut layers = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -219,7 +229,7 @@ impl Transformer {
             Some(w.linear("lm_head", d, c.vocab_size, false)?)
         };
         let rope = Rope::new(c.rope_dims, c.rope_traditional, c.rope.clone())?;
-        Ok(Transformer { config, embed, layers, norm, lm_head, rope })
+        Ok(Transformer { config, embed, layers, norm, lm_head, rope, kv_dtype })
     }
 
     /// ids: [B, L] int32 -> logits [B, L, vocab].
@@ -286,7 +296,7 @@ impl Transformer {
     }
 
     pub fn make_caches(&self) -> Vec<Box<dyn KvCache>> {
-        (0..self.layers.len()).map(|_| Box::new(StandardCache::new()) as Box<dyn KvCache>).collect()
+        (0..self.layers.len()).map(|_| Box::new(StandardCache::stored_as(self.kv_dtype)) as Box<dyn KvCache>).collect()
     }
 
     fn linears(&self) -> Vec<&Linear> {
