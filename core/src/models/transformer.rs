@@ -274,14 +274,25 @@ impl Transformer {
             let r = layer.mlp.forward(&layer.post_norm.forward(&h2)?)?;
             h = h2.add(&r)?;
             if l > 1 && i + 1 < n {
-                // Submit a multi-row pass layer by layer. As one graph, MLX
+                // Evaluate a multi-row pass layer by layer. As one graph, MLX
                 // walks all layers before its command buffers complete, and a
                 // GPU buffer is only released once the kernels that read it
                 // have run, so every layer's activations were alive together
                 // (measured on an H100: +50 to +80 MB of peak over mlx-lm for
-                // a 128-token prompt). Asynchronous, so time to first token
-                // does not grow (bench/RESULTS.md).
-                crate::mlx::async_eval(&[&h])?;
+                // a 128-token prompt). On a GPU the submission is
+                // asynchronous: waiting per layer left the device idle while
+                // the host encoded the next (time to first token 1.5-2x). On
+                // the CPU MLX allocates an op's output when it encodes it and
+                // runs the kernel later, so an asynchronous host allocates
+                // ahead of the kernels; waiting keeps about one layer alive
+                // and costs one wait per layer while the host encodes the next
+                // (SmolLM-135M bf16, 128 tokens: peak 279.57 -> 278.90 MB,
+                // mlx-lm 278.81; bench/RESULTS.md).
+                if crate::mlx::device::is_gpu() {
+                    crate::mlx::async_eval(&[&h])?;
+                } else {
+                    crate::mlx::eval(&[&h])?;
+                }
             }
         }
         Ok(h)
