@@ -37,7 +37,8 @@ pub struct ModelInfo {
 pub struct LoadOptions {
     /// Compute in this dtype: float weights and norms are converted once at
     /// load; quantization scales and biases only where that does not widen
-    /// them (MLX converts them to the activations' dtype per call).
+    /// them (MLX converts them to the activations' dtype per call); the KV
+    /// cache keeps the checkpoint's dtype when that is narrower.
     /// `Some(F32)` is much faster on CPUs, whose MLX kernels for bf16/f16 are
     /// slow, at the cost of bit-parity with mlx-lm (which computes in the
     /// checkpoint's dtype). None keeps the checkpoint's dtypes.
