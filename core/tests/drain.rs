@@ -13,6 +13,10 @@ const PROMPT: &[u32] = &[0, 3, 4, 5, 6, 3, 7, 13, 14, 15, 16];
 
 #[test]
 fn every_way_out_of_generate_leaves_no_work_running() {
+    // On the CPU a task counts as finished when its kernel returns; a GPU
+    // backend may report completion from a callback after the stream is
+    // already idle, which would make the count racy.
+    cider_core::mlx::device::set_gpu(false).unwrap();
     // Wide enough that one decode step takes a few milliseconds on the CPU,
     // far longer than the return path: a step left running is still running
     // when it is counted.
