@@ -245,9 +245,6 @@ impl Weights {
     }
 }
 
-/// Refuse weights that cannot fit in this machine's memory before MLX tries:
-/// an allocation failure inside MLX's evaluation thread could not be
-/// reported as an error.
 /// The dtype a stored tensor is kept in when loading with the compute dtype
 /// `cast`: float tensors are converted, except that quantization scales and
 /// biases (`*.scales`, `*.biases`) are never widened. Widening them (bf16 ->
@@ -267,6 +264,9 @@ fn kept_dtype(name: &str, stored: crate::mlx::Dtype, cast: Option<crate::mlx::Dt
     }
 }
 
+/// Refuse weights that cannot fit in this machine's memory before MLX tries:
+/// an allocation failure inside MLX's evaluation thread could not be
+/// reported as an error.
 fn check_fits<'a>(dir: &Path, headers: impl Iterator<Item = &'a Header>, cast: Option<crate::mlx::Dtype>) -> Result<()> {
     let Some(total) = crate::manager::budget::system_memory() else { return Ok(()) };
     let need: u64 = headers

@@ -147,10 +147,8 @@ pub fn async_eval(arrays: &[&Array]) -> Result<()> {
     Ok(())
 }
 
-/// Wait until the default stream has no work left. Work still running when
-/// the process exits crashes it: exit destroys MLX's allocator while the
-/// stream thread frees the finished step's buffers (seen as a SIGSEGV after
-/// `cider generate` had printed its output).
+/// Wait until the default stream has no work left (see `generate::Drain`
+/// for why a generation must not return before).
 pub fn synchronize() -> Result<()> {
     ffi::synchronize()?;
     Ok(())
