@@ -34,9 +34,6 @@ pub struct StandardCache {
 const STEP: i32 = 256;
 
 impl StandardCache {
-    pub fn new() -> Self {
-        Self::default()
-    }
     /// A cache that keeps entries in `store` (None: as they come).
     pub fn stored_as(store: Option<Dtype>) -> Self {
         StandardCache { store, ..Self::default() }
