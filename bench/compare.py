@@ -175,7 +175,7 @@ def compare_model(model: str, a, engines: Dict[str, Tuple[Dict[str, str], List[s
             "self_consistent": all(proc["tokens"] == res[n][0]["tokens"] for proc in res[n]),
         }
         if "build_ms" in runs[0]:
-            for k in ("build_ms", "submit_ms", "wait_ms"):
+            for k in ("build_ms", "submit_ms", "wait_ms", "first_submit_ms"):
                 summary[n][k] = spread([x[k] for x in runs if k in x])
     first = res[names[0]][0]
     return {"model": model, "dtype": first.get("dtype"), "bits": first.get("bits"),
@@ -224,6 +224,10 @@ def print_table(m: Dict[str, Any]) -> None:
             print(f"{n} per decode step: host graph build {eng[n]['build_ms']['median']:.3f} ms, "
                   f"async eval (encode + submit) {eng[n]['submit_ms']['median']:.3f} ms, "
                   f"wait for token {eng[n]['wait_ms']['median']:.3f} ms")
+        if "first_submit_ms" in eng[n]:
+            t = eng[n]["ttft_ms"]["median"]
+            f = eng[n]["first_submit_ms"]["median"]
+            print(f"{n} first token: host until submitted {f:.2f} ms, then waiting {t - f:.2f} ms (medians)")
         print(f"greedy tokens {n} vs {ref}: " + ("identical" if same is None and len(a) == len(b) else f"differ from token {same}"))
     inconsistent = [n for n in names if not eng[n]["self_consistent"]]
     if inconsistent:

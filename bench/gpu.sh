@@ -14,7 +14,8 @@ PY=${PY:-python3}
 W=.whl
 case "${1:-}" in
 stash)
-    cp $W/a/cuda.part.aa /tmp/ && ls -la /tmp/cuda.part.aa
+    # (and any other file carried in a/, e.g. an older cider to compare against)
+    cp $W/a/* /tmp/ && ls -la /tmp/cuda.part.aa
     ;;
 install)
     shift

@@ -4,7 +4,8 @@
 # prints per setting the medians of decode tok/s, the host time per decode
 # step (graph build, MLX async eval) and ttft. Run on the lent GPU after
 # `bench/gpu.sh install` (uses the carried .whl/b/cider).
-#   bench/sweep.sh MODEL_DIR... -- "SETTING" ...   (SETTING: "K=V K=V" or "default")
+#   bench/sweep.sh MODEL_DIR... -- "SETTING" ...   (SETTING: "K=V K=V" or "default";
+#   CIDER=PATH in a setting runs another cider binary, e.g. an older build)
 set -u
 models=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do models+=("$1"); shift; done
@@ -20,7 +21,7 @@ for m in "${models[@]}"; do
         for setting in "$@"; do
             i=$((i + 1))
             [ "$setting" = default ] && e="" || e=$setting
-            env $e ${CIDER:-.whl/b/cider} bench --model "$m" $A --format json > "$out/$(basename $m).$i.$r.json" 2>/dev/null \
+            env $e sh -c 'exec "${CIDER:-.whl/b/cider}" "$@"' sh bench --model "$m" $A --format json > "$out/$(basename $m).$i.$r.json" 2>/dev/null \
                 || echo "failed: $m $setting" >&2
         done
     done
@@ -30,13 +31,14 @@ import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1]); args = sys.argv[2:]; k = args.index("--")
 models, settings = args[:k], args[k + 1:]
-print(f"| model | setting | decode tok/s | build ms/tok | async eval ms/tok | ttft ms |")
-print("|---|---|---|---|---|---|")
+print(f"| model | setting | decode tok/s | build ms/tok | async eval ms/tok | ttft ms | ttft: host until submitted ms | MLX peak GB |")
+print("|---|---|---|---|---|---|---|---|")
 for m in models:
     for i, s in enumerate(settings, 1):
         runs = [r for f in sorted(out.glob(f"{Path(m).name}.{i}.*.json")) for r in json.loads(f.read_text())["runs"]]
         if not runs:
             continue
         med = lambda key: statistics.median(r[key] for r in runs)
-        print(f"| {Path(m).name} | {s} | {med('gen_tps'):.1f} | {med('build_ms'):.3f} | {med('submit_ms'):.3f} | {1e3 * med('ttft_s'):.2f} |")
+        fs = f"{med('first_submit_ms'):.2f}" if all("first_submit_ms" in r for r in runs) else "-"
+        print(f"| {Path(m).name} | {s} | {med('gen_tps'):.1f} | {med('build_ms'):.3f} | {med('submit_ms'):.3f} | {1e3 * med('ttft_s'):.2f} | {fs} | {med('peak_bytes') / 1e9:.3f} |")
 PYEOF

@@ -70,6 +70,7 @@ struct Run {
     build_ms: f64,
     submit_ms: f64,
     wait_ms: f64,
+    first_submit_ms: f64,
     tokens: Vec<u32>,
 }
 
@@ -122,6 +123,7 @@ fn one_run(model: &Arc<Model>, prompt: &[u32], gen_tokens: usize, prefill_step: 
         build_ms: 1e3 * s.decode_build_s / steps,
         submit_ms: 1e3 * s.decode_submit_s / steps,
         wait_ms: 1e3 * s.decode_wait_s / steps,
+        first_submit_ms: 1e3 * s.first_submit_s,
         tokens: r.tokens,
     })
 }
@@ -198,6 +200,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
     let build = col(|r| r.build_ms);
     let submit = col(|r| r.submit_ms);
     let wait = col(|r| r.wait_ms);
+    let first_submit = col(|r| r.first_submit_ms);
     let rss = max_rss_bytes();
     let same_tokens = runs.windows(2).all(|w| w[0].tokens == w[1].tokens);
 
@@ -208,6 +211,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
         };
         println!("{:<22} {:>12.3}", "load (s)", model.info.load_seconds);
         row("ttft (ms)", Spread { median: ttft.median * 1e3, min: ttft.min * 1e3, max: ttft.max * 1e3 }, 2);
+        row("  host, to submit (ms)", first_submit, 2);
         row("prompt (tok/s)", ptps, 2);
         row("generation (tok/s)", gtps, 2);
         row("generation (ms/tok)", ms_tok, 3);
@@ -245,6 +249,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
                 "build_ms": r.build_ms,
                 "submit_ms": r.submit_ms,
                 "wait_ms": r.wait_ms,
+                "first_submit_ms": r.first_submit_ms,
             })).collect::<Vec<_>>(),
             "summary": {
                 "ttft_s": sp(ttft),
@@ -255,6 +260,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
                 "host_build_ms_per_token": sp(build),
                 "host_submit_ms_per_token": sp(submit),
                 "device_wait_ms_per_token": sp(wait),
+                "ttft_host_submit_ms": sp(first_submit),
             },
             "max_rss_bytes": rss,
             "mlx_active_bytes": memory::active(),

@@ -31,7 +31,12 @@ pub struct StandardCache {
     store: Option<Dtype>,
 }
 
-const STEP: i32 = 256;
+const STEP0: i32 = 256;
+
+fn step() -> i32 {
+    static V: std::sync::OnceLock<i32> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("CIDER_EXP_KV_STEP").ok().and_then(|v| v.parse().ok()).unwrap_or(STEP0))
+}
 
 impl StandardCache {
     /// A cache that keeps entries in `store` (None: as they come).
@@ -57,6 +62,8 @@ impl KvCache for StandardCache {
         let n = ks[2];
         let capacity = self.keys.as_ref().map_or(0, |k| k.dim(2));
         if self.keys.is_none() || prev + n > capacity {
+            #[allow(non_snake_case)]
+            let STEP = step();
             let steps = (STEP + n - 1) / STEP;
             let new_k = Array::zeros(&[ks[0], ks[1], steps * STEP, ks[3]], keys.dtype())?;
             let new_v = Array::zeros(&[vs[0], vs[1], steps * STEP, vs[3]], values.dtype())?;

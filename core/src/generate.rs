@@ -93,6 +93,10 @@ pub struct Stats {
     /// the sampled token. build + submit + wait + the rest of the loop =
     /// decode time.
     pub decode_wait_s: f64,
+    /// Host seconds from the start of the call until the first token's
+    /// last graph was submitted (prefill chunks, building and encoding the
+    /// last pass); the rest of ttft is waiting for the device.
+    pub first_submit_s: f64,
 }
 
 #[derive(Debug, Clone)]
@@ -340,37 +344,49 @@ impl Session {
             mlx::async_eval(&[&y])?;
             y
         };
+        let first_submit_s = t0.elapsed().as_secs_f64();
         let mut n = 0usize;
         let (mut build_s, mut submit_s, mut wait_s) = (0.0, 0.0, 0.0);
+        // Builds and submits the step after `y` (None past the last token:
+        // mlx-lm builds one it never reads), timing the host's two parts.
+        let build_next = |st: &mut Stepper, y: &Array, n: usize, build_s: &mut f64, submit_s: &mut f64| -> Result<Option<Array>> {
+            if n + 1 >= opts.max_tokens {
+                return Ok(None);
+            }
+            let tb = Instant::now();
+            let next = st.step(y)?;
+            let ts = Instant::now();
+            if n == 1 && census_requested() {
+                print_census(&next);
+            }
+            mlx::async_eval(&[&next])?;
+            *build_s += ts.duration_since(tb).as_secs_f64();
+            *submit_s += ts.elapsed().as_secs_f64();
+            Ok(Some(next))
+        };
+        let mut next = None;
         loop {
-            let (tok, next) = {
+            if opts.max_tokens == 0 {
+                break;
+            }
+            let tok = {
                 let _g = mlx_lock();
-                let tb = Instant::now();
-                let mut ts = tb;
-                // No step is built past the last token: mlx-lm builds one
-                // it never reads.
-                let next = if n + 1 < opts.max_tokens {
-                    let next = st.step(&y)?;
-                    ts = Instant::now();
-                    if n == 1 && census_requested() {
-                        print_census(&next);
-                    }
-                    mlx::async_eval(&[&next])?;
-                    Some(next)
-                } else {
-                    None
-                };
-                if opts.max_tokens == 0 {
-                    break;
+                // Step n + 1 is built and submitted before token n is read,
+                // so the device computes it while the host hands token n out
+                // (mlx-lm's order). Not for the first token: its wait would
+                // then also cover building a whole decode step (on an H100
+                // about 2.3 ms of host time, a third of the time to first
+                // token), so it is read and handed out first, and step 1 is
+                // built after it.
+                if n > 0 {
+                    next = build_next(&mut st, &y, n, &mut build_s, &mut submit_s)?;
                 }
                 let tw = Instant::now();
                 let tok = y.item_i32()? as u32;
                 if n > 0 {
-                    build_s += ts.duration_since(tb).as_secs_f64();
-                    submit_s += tw.duration_since(ts).as_secs_f64();
                     wait_s += tw.elapsed().as_secs_f64();
                 }
-                (tok, next)
+                tok
             };
             let now = Instant::now();
             if n == 0 {
@@ -397,7 +413,11 @@ impl Session {
             if n % 256 == 0 {
                 memory::clear_cache();
             }
-            y = match next {
+            if n == 0 {
+                let _g = mlx_lock();
+                next = build_next(&mut st, &y, n, &mut build_s, &mut submit_s)?;
+            }
+            y = match next.take() {
                 Some(next) => next,
                 None => break,
             };
@@ -434,6 +454,7 @@ impl Session {
             decode_build_s: build_s,
             decode_submit_s: submit_s,
             decode_wait_s: wait_s,
+            first_submit_s,
         };
         if let Some(hook) = model.usage_hook.get() {
             hook(&stats);

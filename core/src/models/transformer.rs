@@ -289,7 +289,9 @@ impl Transformer {
                 // (SmolLM-135M bf16, 128 tokens: peak 279.57 -> 278.90 MB,
                 // mlx-lm 278.81; bench/RESULTS.md).
                 if crate::mlx::device::is_gpu() {
-                    crate::mlx::async_eval(&[&h])?;
+                    if exp_every() > 0 && (i + 1) % exp_every() == 0 {
+                        crate::mlx::async_eval(&[&h])?;
+                    }
                 } else {
                     crate::mlx::eval(&[&h])?;
                 }
@@ -384,4 +386,9 @@ impl Transformer {
         }
         counts.into_iter().max_by_key(|(_, c)| *c).map(|((bits, group_size), _)| QuantParams { bits, group_size })
     }
+}
+
+fn exp_every() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("CIDER_EXP_EVAL_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
 }
