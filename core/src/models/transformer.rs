@@ -289,9 +289,7 @@ impl Transformer {
                 // (SmolLM-135M bf16, 128 tokens: peak 279.57 -> 278.90 MB,
                 // mlx-lm 278.81; bench/RESULTS.md).
                 if crate::mlx::device::is_gpu() {
-                    if exp_every() > 0 && (i + 1) % exp_every() == 0 {
-                        crate::mlx::async_eval(&[&h])?;
-                    }
+                    crate::mlx::async_eval(&[&h])?;
                 } else {
                     crate::mlx::eval(&[&h])?;
                 }
@@ -388,7 +386,3 @@ impl Transformer {
     }
 }
 
-fn exp_every() -> usize {
-    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("CIDER_EXP_EVAL_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(1))
-}
