@@ -62,6 +62,9 @@ impl Attention {
     #[allow(clippy::too_many_arguments)]
     fn forward(&self, x: &Array, b: i32, l: i32, mask: &Mask, cache: &mut dyn KvCache, rope: &Rope, last: bool) -> Result<Array> {
         let (hq, hk, d) = (self.n_heads, self.n_kv_heads, self.head_dim);
+        let offset = cache.offset();
+        // Set when q and k come out already rotated.
+        let mut roped = false;
         let (q, k, v) = if l == 1 {
             // One position (every decode step): [B, H * D] -> [B, H, 1, D]
             // moves no element, so a reshape gives the attention layout with
@@ -76,6 +79,16 @@ impl Attention {
                     k.forward(x)?.reshape(&[b, hk, 1, d])?,
                     v.forward(x)?.reshape(&[b, hk, 1, d])?,
                 ),
+                Qkv::Fused(p) if self.q_norm.is_none() => {
+                    // q and k heads are adjacent here and take the same
+                    // rotation (one position, per head), so one RoPE kernel
+                    // rotates both: one kernel fewer per layer and token,
+                    // where decode is bound by MLX's host time per kernel.
+                    let qkv = p.forward(x)?.reshape(&[b, hq + 2 * hk, 1, d])?;
+                    let qk = rope.forward(&qkv.slice_axis(1, 0, hq + hk)?, offset)?;
+                    roped = true;
+                    (qk.slice_axis(1, 0, hq)?, qk.slice_axis(1, hq, hq + hk)?, qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)
+                }
                 Qkv::Fused(p) => {
                     let qkv = p.forward(x)?.reshape(&[b, hq + 2 * hk, 1, d])?;
                     (qkv.slice_axis(1, 0, hq)?, qkv.slice_axis(1, hq, hq + hk)?, qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)
@@ -107,8 +120,7 @@ impl Attention {
                 v.reshape(&[b, l, hk, d])?.transpose(&[0, 2, 1, 3])?,
             )
         };
-        let offset = cache.offset();
-        let k = rope.forward(&k, offset)?;
+        let k = if roped { k } else { rope.forward(&k, offset)? };
         let (k, v) = cache.update_and_fetch(&k, &v)?;
         if last && l > 1 {
             // Only the last query: the same computation as a one-position
@@ -117,7 +129,7 @@ impl Attention {
             let o = Array::sdpa(&q, &k, &v, self.scale, &Mask::None)?;
             return self.o_proj.forward(&o.reshape(&[b, hq * d])?);
         }
-        let q = rope.forward(&q, offset)?;
+        let q = if roped { q } else { rope.forward(&q, offset)? };
         let o = Array::sdpa(&q, &k, &v, self.scale, mask)?;
         let o = if l == 1 { o.reshape(&[b, hq * d])? } else { o.transpose(&[0, 2, 1, 3])?.reshape(&[b * l, hq * d])? };
         self.o_proj.forward(&o)
