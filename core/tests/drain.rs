@@ -12,7 +12,7 @@ use std::sync::Arc;
 const PROMPT: &[u32] = &[0, 3, 4, 5, 6, 3, 7, 13, 14, 15, 16];
 
 #[test]
-fn every_way_out_of_generate_leaves_no_work_running() {
+fn every_way_out_of_generate_leaves_no_work_running_and_the_first_token_waits_for_no_step() {
     // On the CPU a task counts as finished when its kernel returns; a GPU
     // backend may report completion from a callback after the stream is
     // already idle, which would make the count racy.
@@ -41,6 +41,20 @@ fn every_way_out_of_generate_leaves_no_work_running() {
         .unwrap();
     assert_eq!(r.finish_reason, FinishReason::Cancelled);
     assert_eq!(active_tasks(), 0, "stopped by the callback");
+
+    // The first token reaches the caller before any decode step is
+    // submitted (its latency would otherwise include building one); later
+    // tokens arrive with the next step already submitted.
+    let mut running_at_first = None;
+    Session::new(model.clone())
+        .generate(PROMPT, &opts, &mut |e: &StreamEvent| {
+            if e.token.is_some() && running_at_first.is_none() {
+                running_at_first = Some(active_tasks());
+            }
+            true
+        })
+        .unwrap();
+    assert_eq!(running_at_first, Some(0), "MLX work in flight when the first token was handed out");
 
     // An EOS: the step after it was already submitted.
     let mut m = Arc::try_unwrap(model).ok().unwrap();
