@@ -231,6 +231,9 @@ ArrPtr take_along_axis(const Array& a, const Array& idx, int32_t axis) {
 ArrPtr put_along_axis(const Array& a, const Array& idx, const Array& vals, int32_t axis) {
   return wrap(mx::put_along_axis(a.a, idx.a, vals.a, axis));
 }
+ArrPtr contiguous(const Array& a) {
+  return wrap(mx::contiguous(a.a));
+}
 ArrPtr concatenate2(const Array& a, const Array& b, int32_t axis) {
   return wrap(mx::concatenate({a.a, b.a}, axis));
 }

@@ -93,6 +93,7 @@ ArrPtr argmax_axis(const Array& a, int32_t axis, bool keepdims);
 ArrPtr take(const Array& a, const Array& idx, int32_t axis);
 ArrPtr take_along_axis(const Array& a, const Array& idx, int32_t axis);
 ArrPtr put_along_axis(const Array& a, const Array& idx, const Array& vals, int32_t axis);
+ArrPtr contiguous(const Array& a);
 ArrPtr concatenate2(const Array& a, const Array& b, int32_t axis);
 ArrPtr slice(const Array& a, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop);
 ArrPtr slice_update(const Array& src, const Array& upd, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop);

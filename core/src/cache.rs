@@ -16,9 +16,15 @@ pub trait KvCache: Send {
     fn nbytes(&self) -> usize;
 }
 
-/// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps of
-/// 256 positions (255 on a GPU, see `step`) and writes new entries with slice updates, so no step
-/// re-copies the whole history.
+/// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps
+/// (256 positions; 255 on a GPU, see `step`) and writes new entries with
+/// slice updates, so no step re-copies the whole history. Unlike it, the
+/// first write (the prompt) is kept as it comes, with no room to grow: the
+/// buffer with room is made by the next write, the first decode step. The
+/// prompt pass then runs no zero fill and no slice update per layer (four
+/// kernels, which the host pays for before the first token), and holds
+/// the prompt's positions instead of a whole step while its activations are
+/// alive, which is where peak memory is reached on short prompts.
 ///
 /// `store` narrows what is kept: under a float32 compute dtype the cache
 /// holds the checkpoint's bf16/f16, as mlx-lm's does, so it costs mlx-lm's
@@ -54,6 +60,14 @@ impl StandardCache {
     }
 }
 
+/// Entries back in the compute dtype, for attention.
+fn widen(k: Array, v: Array, compute: Dtype) -> Result<(Array, Array)> {
+    if k.dtype() != compute {
+        return Ok((k.astype(compute)?, v.astype(compute)?));
+    }
+    Ok((k, v))
+}
+
 impl KvCache for StandardCache {
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
         let compute = keys.dtype();
@@ -69,30 +83,29 @@ impl KvCache for StandardCache {
         let ks = keys.shape();
         let vs = values.shape();
         let n = ks[2];
-        let capacity = self.keys.as_ref().map_or(0, |k| k.dim(2));
-        if self.keys.is_none() || prev + n > capacity {
+        let (Some(k), Some(v)) = (self.keys.take(), self.values.take()) else {
+            // The first write. Stored compact: a view (of a fused projection's
+            // output) would keep its whole buffer alive.
+            let (k, v) = (keys.contiguous()?, values.contiguous()?);
+            self.offset = n;
+            self.keys = Some(k.clone());
+            self.values = Some(v.clone());
+            return widen(k, v, compute);
+        };
+        let capacity = k.dim(2);
+        let (k, v) = if prev + n > capacity {
+            // Grow to the next multiple of the step that holds them.
             let step = step();
-            let steps = (step + n - 1) / step;
-            let new_k = Array::zeros(&[ks[0], ks[1], steps * step, ks[3]], keys.dtype())?;
-            let new_v = Array::zeros(&[vs[0], vs[1], steps * step, vs[3]], values.dtype())?;
-            match (self.keys.take(), self.values.take()) {
-                (Some(mut k), Some(mut v)) => {
-                    if prev % step != 0 {
-                        k = k.slice_axis(2, 0, prev)?;
-                        v = v.slice_axis(2, 0, prev)?;
-                    }
-                    self.keys = Some(Array::concatenate(&k, &new_k, 2)?);
-                    self.values = Some(Array::concatenate(&v, &new_v, 2)?);
-                }
-                _ => {
-                    self.keys = Some(new_k);
-                    self.values = Some(new_v);
-                }
-            }
-        }
+            let cap = (prev + n + step - 1) / step * step;
+            let new_k = Array::zeros(&[ks[0], ks[1], cap - prev, ks[3]], keys.dtype())?;
+            let new_v = Array::zeros(&[vs[0], vs[1], cap - prev, vs[3]], values.dtype())?;
+            // Past a trim, positions beyond the offset are stale.
+            let (k, v) = if prev < capacity { (k.slice_axis(2, 0, prev)?, v.slice_axis(2, 0, prev)?) } else { (k, v) };
+            (Array::concatenate(&k, &new_k, 2)?, Array::concatenate(&v, &new_v, 2)?)
+        } else {
+            (k, v)
+        };
         self.offset += n;
-        let k = self.keys.as_ref().unwrap();
-        let v = self.values.as_ref().unwrap();
         let k = k.slice_update(keys, &[0, 0, prev, 0], &[ks[0], ks[1], self.offset, ks[3]])?;
         let v = v.slice_update(values, &[0, 0, prev, 0], &[vs[0], vs[1], self.offset, vs[3]])?;
         let cap = k.dim(2);
@@ -103,10 +116,7 @@ impl KvCache for StandardCache {
         };
         self.keys = Some(k);
         self.values = Some(v);
-        if out.0.dtype() != compute {
-            return Ok((out.0.astype(compute)?, out.1.astype(compute)?));
-        }
-        Ok(out)
+        widen(out.0, out.1, compute)
     }
     fn offset(&self) -> i32 {
         self.offset

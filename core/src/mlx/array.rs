@@ -339,6 +339,11 @@ impl Array {
     pub fn put_along_axis(&self, idx: &Array, vals: &Array, axis: i32) -> Result<Array> {
         wrap(ffi::put_along_axis(&self.inner, &idx.inner, &vals.inner, axis))
     }
+    /// A row-major copy, or the array itself where it already is one (the
+    /// copy is decided when evaluated).
+    pub fn contiguous(&self) -> Result<Array> {
+        wrap(ffi::contiguous(&self.inner))
+    }
     pub fn concatenate(a: &Array, b: &Array, axis: i32) -> Result<Array> {
         wrap(ffi::concatenate2(&a.inner, &b.inner, axis))
     }

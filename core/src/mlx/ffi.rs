@@ -66,6 +66,7 @@ pub(crate) mod ffi {
         fn take(a: &Array, idx: &Array, axis: i32) -> Result<UniquePtr<Array>>;
         fn take_along_axis(a: &Array, idx: &Array, axis: i32) -> Result<UniquePtr<Array>>;
         fn put_along_axis(a: &Array, idx: &Array, vals: &Array, axis: i32) -> Result<UniquePtr<Array>>;
+        fn contiguous(a: &Array) -> Result<UniquePtr<Array>>;
         fn concatenate2(a: &Array, b: &Array, axis: i32) -> Result<UniquePtr<Array>>;
         fn slice(a: &Array, start: &[i32], stop: &[i32]) -> Result<UniquePtr<Array>>;
         fn slice_update(src: &Array, upd: &Array, start: &[i32], stop: &[i32]) -> Result<UniquePtr<Array>>;
