@@ -37,6 +37,9 @@ struct Block {
     post_norm: RmsNorm,
 }
 
+/// Layers of a multi-row pass a GPU host may submit ahead of the device.
+const GPU_AHEAD: usize = 2;
+
 pub struct Transformer {
     pub config: ArchConfig,
     embed: Embedding,
@@ -274,6 +277,7 @@ impl Transformer {
         let mut h = self.embed.forward(ids)?;
         let mask = if l > 1 { Mask::Causal } else { Mask::None };
         let n = self.layers.len();
+        let mut in_flight = std::collections::VecDeque::new();
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let last_rows = last && l > 1 && i + 1 == n;
             let r = layer.attn.forward(&layer.input_norm.forward(&h)?, b, l, &mask, cache.as_mut(), &self.rope, last_rows)?;
@@ -300,8 +304,18 @@ impl Transformer {
                 // and costs one wait per layer while the host encodes the next
                 // (SmolLM-135M bf16, 128 tokens: peak 279.57 -> 278.90 MB,
                 // mlx-lm 278.81; bench/RESULTS.md).
+                // A GPU host that submits faster than the device computes
+                // (4-bit prompts on an H100) still ran ahead by many layers,
+                // each holding its activations until run, so the host waits
+                // for the layer GPU_AHEAD back: the device always has work
+                // queued, and at most that many layers are in flight.
                 if crate::mlx::device::is_gpu() {
                     crate::mlx::async_eval(&[&h])?;
+                    in_flight.push_back(h.clone());
+                    if in_flight.len() > GPU_AHEAD {
+                        let done = in_flight.pop_front().unwrap();
+                        crate::mlx::eval(&[&done])?;
+                    }
                 } else {
                     crate::mlx::eval(&[&h])?;
                 }
