@@ -227,7 +227,8 @@ def print_table(m: Dict[str, Any]) -> None:
         if "first_submit_ms" in eng[n]:
             t = eng[n]["ttft_ms"]["median"]
             f = eng[n]["first_submit_ms"]["median"]
-            print(f"{n} first token: host until submitted {f:.2f} ms, then waiting {t - f:.2f} ms (medians)")
+            print(f"{n} first token: until its pass was submitted {f:.2f} ms (host work and the waits inside the pass), "
+                  f"then waiting {t - f:.2f} ms (medians)")
         print(f"greedy tokens {n} vs {ref}: " + ("identical" if same is None and len(a) == len(b) else f"differ from token {same}"))
     inconsistent = [n for n in names if not eng[n]["self_consistent"]]
     if inconsistent:

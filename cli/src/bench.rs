@@ -211,7 +211,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
         };
         println!("{:<22} {:>12.3}", "load (s)", model.info.load_seconds);
         row("ttft (ms)", Spread { median: ttft.median * 1e3, min: ttft.min * 1e3, max: ttft.max * 1e3 }, 2);
-        row("  host, to submit (ms)", first_submit, 2);
+        row("  until submitted (ms)", first_submit, 2);
         row("prompt (tok/s)", ptps, 2);
         row("generation (tok/s)", gtps, 2);
         row("generation (ms/tok)", ms_tok, 3);
@@ -260,7 +260,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
                 "host_build_ms_per_token": sp(build),
                 "host_submit_ms_per_token": sp(submit),
                 "device_wait_ms_per_token": sp(wait),
-                "ttft_host_submit_ms": sp(first_submit),
+                "ttft_until_submitted_ms": sp(first_submit),
             },
             "max_rss_bytes": rss,
             "mlx_active_bytes": memory::active(),

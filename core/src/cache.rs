@@ -19,12 +19,15 @@ pub trait KvCache: Send {
 /// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps
 /// (256 positions; 255 on a GPU, see `step`) and writes new entries with
 /// slice updates, so no step re-copies the whole history. Unlike it, the
-/// first write (the prompt) is kept as it comes, with no room to grow: the
-/// buffer with room is made by the next write, the first decode step. The
-/// prompt pass then runs no zero fill and no slice update per layer (four
-/// kernels, which the host pays for before the first token), and holds
-/// the prompt's positions instead of a whole step while its activations are
-/// alive, which is where peak memory is reached on short prompts.
+/// first write (the prompt) is kept as it comes (compact: one copy for
+/// transposed values), with no room to grow: the buffer with room is made
+/// by the next write, the first decode step, with one copy of the prompt's
+/// entries (the copy mlx-lm makes when a cache outgrows a step). The prompt
+/// pass then runs no zero fill and no slice update per layer (kernels the
+/// host pays for before the first token; the work moves after it), and
+/// holds the prompt's positions instead of a whole step while its
+/// activations are alive, which is where peak memory is reached on short
+/// prompts.
 ///
 /// `store` narrows what is kept: under a float32 compute dtype the cache
 /// holds the checkpoint's bf16/f16, as mlx-lm's does, so it costs mlx-lm's

@@ -93,9 +93,11 @@ pub struct Stats {
     /// the sampled token. build + submit + wait + the rest of the loop =
     /// decode time.
     pub decode_wait_s: f64,
-    /// Host seconds from the start of the call until the first token's
-    /// last graph was submitted (prefill chunks, building and encoding the
-    /// last pass); the rest of ttft is waiting for the device.
+    /// Seconds from the start of the call until the first token's last
+    /// graph was submitted: prefill chunks, building and encoding the last
+    /// pass, and the waits for the device inside it (per layer on the CPU,
+    /// for the layer two back on a GPU). The rest of ttft is the wait for
+    /// the device to finish that pass.
     pub first_submit_s: f64,
 }
 

@@ -1,7 +1,7 @@
 //! The KV cache's layout: the first write kept as it comes, growth to
 //! multiples of the step, and trims that leave stale positions behind.
 use cider_core::cache::{KvCache, StandardCache};
-use cider_core::mlx::{device, Array};
+use cider_core::mlx::{device, Array, Dtype};
 
 /// Keys [1, 1, n, 2] whose position p holds (p, -p), starting at `from`.
 fn positions(from: i32, n: i32) -> Array {
@@ -43,6 +43,17 @@ fn first_write_is_kept_whole_and_later_writes_grow_by_steps() {
     assert_eq!(got.len(), 305);
     assert_eq!(&got[..5], &[0.0, 1.0, 2.0, 3.0, 100.0]);
     assert_eq!(got[304], 304.0);
+
+    // A cache that stores a narrower dtype hands entries back in the
+    // compute dtype, from the first write on.
+    let mut c = StandardCache::stored_as(Some(Dtype::BF16));
+    let (k, v) = c.update_and_fetch(&positions(0, 3), &positions(0, 3)).unwrap();
+    assert_eq!((k.dtype(), v.dtype()), (Dtype::F32, Dtype::F32));
+    assert!(c.state().iter().all(|a| a.dtype() == Dtype::BF16));
+    let (k, _) = c.update_and_fetch(&positions(3, 1), &positions(3, 1)).unwrap();
+    assert_eq!(k.dtype(), Dtype::F32);
+    assert_eq!(firsts(&k), vec![0.0, 1.0, 2.0, 3.0]);
+    assert!(c.state().iter().all(|a| a.dtype() == Dtype::BF16 && a.dim(2) == 256));
 
     // A trimmed first write (capacity past the offset) grows from the offset.
     let mut c = StandardCache::stored_as(None);

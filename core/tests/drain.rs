@@ -58,6 +58,8 @@ fn every_way_out_of_generate_leaves_no_work_running_and_the_first_token_waits_fo
 
     // An EOS: the step after it was already submitted.
     let mut m = Arc::try_unwrap(model).ok().unwrap();
+    // (Token 1 must not also be token 0, or the EOS would end it at once.)
+    assert_ne!(r.tokens[0], r.tokens[1]);
     m.eos_ids = vec![r.tokens[1]];
     let r = Session::new(Arc::new(m)).generate(PROMPT, &GenerateOptions { ignore_eos: false, ..opts }, &mut |_: &StreamEvent| true).unwrap();
     assert_eq!(r.finish_reason, FinishReason::Stop);

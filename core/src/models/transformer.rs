@@ -308,7 +308,9 @@ impl Transformer {
                 // (4-bit prompts on an H100) still ran ahead by many layers,
                 // each holding its activations until run, so the host waits
                 // for the layer GPU_AHEAD back: the device always has work
-                // queued, and at most that many layers are in flight.
+                // queued, and at most GPU_AHEAD + 1 layers are in flight.
+                // (The handles kept for that wait hold one [L, hidden] row
+                // block each.)
                 if crate::mlx::device::is_gpu() {
                     crate::mlx::async_eval(&[&h])?;
                     in_flight.push_back(h.clone());
