@@ -31,7 +31,7 @@ import json, statistics, sys
 from pathlib import Path
 out = Path(sys.argv[1]); args = sys.argv[2:]; k = args.index("--")
 models, settings = args[:k], args[k + 1:]
-print(f"| model | setting | decode tok/s | build ms/tok | async eval ms/tok | ttft ms | ttft: host until submitted ms | MLX peak GB |")
+print(f"| model | setting | decode tok/s | build ms/tok | async eval ms/tok | ttft ms | ttft: until submitted ms | MLX peak GB |")
 print("|---|---|---|---|---|---|---|---|")
 for m in models:
     for i, s in enumerate(settings, 1):

@@ -351,7 +351,7 @@ impl Session {
         let (mut build_s, mut submit_s, mut wait_s) = (0.0, 0.0, 0.0);
         // Builds and submits the step after `y` (None past the last token:
         // mlx-lm builds one it never reads), timing the host's two parts.
-        let build_next = |st: &mut Stepper, y: &Array, n: usize, build_s: &mut f64, submit_s: &mut f64| -> Result<Option<Array>> {
+        let mut build_next = |st: &mut Stepper, y: &Array, n: usize| -> Result<Option<Array>> {
             if n + 1 >= opts.max_tokens {
                 return Ok(None);
             }
@@ -362,8 +362,8 @@ impl Session {
                 print_census(&next);
             }
             mlx::async_eval(&[&next])?;
-            *build_s += ts.duration_since(tb).as_secs_f64();
-            *submit_s += ts.elapsed().as_secs_f64();
+            build_s += ts.duration_since(tb).as_secs_f64();
+            submit_s += ts.elapsed().as_secs_f64();
             Ok(Some(next))
         };
         let mut next = None;
@@ -381,7 +381,7 @@ impl Session {
                 // CPU, a step's compute), so it is read and handed out first,
                 // and step 1 is built after it.
                 if n > 0 {
-                    next = build_next(&mut st, &y, n, &mut build_s, &mut submit_s)?;
+                    next = build_next(&mut st, &y, n)?;
                 }
                 let tw = Instant::now();
                 let tok = y.item_i32()? as u32;
@@ -417,7 +417,7 @@ impl Session {
             }
             if n == 0 {
                 let _g = mlx_lock();
-                next = build_next(&mut st, &y, n, &mut build_s, &mut submit_s)?;
+                next = build_next(&mut st, &y, n)?;
             }
             y = match next.take() {
                 Some(next) => next,

@@ -82,19 +82,17 @@ impl Attention {
                     k.forward(x)?.reshape(&[b, hk, 1, d])?,
                     v.forward(x)?.reshape(&[b, hk, 1, d])?,
                 ),
-                Qkv::Fused(p) if self.q_norm.is_none() => {
-                    // q and k heads are adjacent here and take the same
-                    // rotation (one position, per head), so one RoPE kernel
-                    // rotates both: one kernel fewer per layer and token,
-                    // where decode is bound by MLX's host time per kernel.
-                    let qkv = p.forward(x)?.reshape(&[b, hq + 2 * hk, 1, d])?;
-                    let qk = rope.forward(&qkv.slice_axis(1, 0, hq + hk)?, offset)?;
-                    roped = true;
-                    (qk.slice_axis(1, 0, hq)?, qk.slice_axis(1, hq, hq + hk)?, qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)
-                }
                 Qkv::Fused(p) => {
                     let qkv = p.forward(x)?.reshape(&[b, hq + 2 * hk, 1, d])?;
-                    (qkv.slice_axis(1, 0, hq)?, qkv.slice_axis(1, hq, hq + hk)?, qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)
+                    // Without q/k norms between, q and k heads are adjacent
+                    // here and take the same rotation (one position, per
+                    // head), so one RoPE kernel rotates both: one kernel
+                    // fewer per layer and token, where decode is bound by
+                    // MLX's host time per kernel.
+                    roped = self.q_norm.is_none();
+                    let qk = qkv.slice_axis(1, 0, hq + hk)?;
+                    let qk = if roped { rope.forward(&qk, offset)? } else { qk };
+                    (qk.slice_axis(1, 0, hq)?, qk.slice_axis(1, hq, hq + hk)?, qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)
                 }
             };
             match (&self.q_norm, &self.k_norm) {
@@ -413,4 +411,3 @@ impl Transformer {
         counts.into_iter().max_by_key(|(_, c)| *c).map(|((bits, group_size), _)| QuantParams { bits, group_size })
     }
 }
-
