@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// "checkpoint" (bit-parity with mlx-lm) or a float dtype to compute in (see `generate`).
     #[arg(long, default_value = "checkpoint")]
     pub compute_dtype: String,
+    /// CPU streams per projection on the CPU (see `generate`).
+    #[arg(long)]
+    pub cpu_threads: Option<usize>,
 }
 
 /// The benchmark prompt: `(i * 7919 + 1) mod vocab` for i in 0..n. A fixed
@@ -151,7 +154,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
     // Set before loading, so the weights are evaluated where they are used.
     device::set_gpu(gpu)?;
 
-    let opts = crate::load_options(&a.compute_dtype)?;
+    let opts = crate::load_options(&a.compute_dtype, a.cpu_threads)?;
     let model = Arc::new(Model::load_with(&a.model, &opts, &mut |_| true)?);
     let vocab = model.info.vocab_size;
     let prompt = synthetic_prompt(a.prompt_tokens, vocab);

@@ -93,17 +93,21 @@ struct GenerateArgs {
     /// to compute in (weights converted at load; float32 is much faster on CPUs).
     #[arg(long, default_value = "checkpoint")]
     compute_dtype: String,
+    /// CPU streams to split each projection over when running on the CPU (results
+    /// stay bit-identical); default: CIDER_CPU_THREADS, else one per core (at most 8).
+    #[arg(long)]
+    cpu_threads: Option<usize>,
 }
 
 /// Parse --compute-dtype into load options.
-pub(crate) fn load_options(compute_dtype: &str) -> Result<cider_core::LoadOptions, Error> {
+pub(crate) fn load_options(compute_dtype: &str, cpu_threads: Option<usize>) -> Result<cider_core::LoadOptions, Error> {
     let compute_dtype = match compute_dtype {
         "checkpoint" => None,
         s => Some(cider_core::mlx::Dtype::parse(s).filter(|d| d.is_float()).ok_or_else(|| {
             Error::invalid_arg(format!("--compute-dtype {s}: expected checkpoint, float32, float16 or bfloat16"))
         })?),
     };
-    Ok(cider_core::LoadOptions { compute_dtype })
+    Ok(cider_core::LoadOptions { compute_dtype, cpu_threads })
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -189,7 +193,7 @@ fn prompt_ids(model: &Model, a: &GenerateArgs) -> Result<Vec<u32>, Error> {
 
 fn generate(a: GenerateArgs) -> Result<(), Error> {
     select_device(a.device)?;
-    let opts = load_options(&a.compute_dtype)?;
+    let opts = load_options(&a.compute_dtype, a.cpu_threads)?;
     let model = std::sync::Arc::new(Model::load_with(&a.model, &opts, &mut |_| true)?);
     let ids = prompt_ids(&model, &a)?;
     let opts = GenerateOptions {

@@ -1,6 +1,8 @@
 // Implementation of cider's MLX shim. See shim.h for why it is shaped this way.
 #include "cider-core/cpp/shim.h"
 
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -151,7 +153,50 @@ size_t list_len(const ArrayList& l) { return l.v.size(); }
 ArrPtr list_get(const ArrayList& l, size_t i) { return wrap(l.v.at(i)); }
 void eval_list(const ArrayList& l) { mx::eval(l.v); }
 void async_eval_list(const ArrayList& l) { mx::async_eval(l.v); }
-void synchronize() { mx::synchronize(); }
+// MLX's CPU backend runs each stream's kernels one after another on that
+// stream's own thread, so one stream uses one core. cider splits a layer's
+// output rows over several CPU streams ("workers") to use more cores; worker
+// 0 is the default stream. MLX streams belong to the host thread that made
+// them (each host thread has its own default stream), so the workers are
+// thread-local streams: every host thread that runs a model gets its own
+// set, made by MLX on first use.
+namespace {
+std::mutex workers_mu;
+std::vector<mx::ThreadLocalStream>& worker_streams() {
+  static std::vector<mx::ThreadLocalStream> w;
+  return w;
+}
+std::vector<mx::ThreadLocalStream> workers_now() {
+  std::lock_guard<std::mutex> g(workers_mu);
+  return worker_streams();
+}
+}  // namespace
+
+mx::StreamOrDevice on_worker(int32_t worker) {
+  if (worker <= 0) return {};
+  std::optional<mx::ThreadLocalStream> tls;
+  {
+    std::lock_guard<std::mutex> g(workers_mu);
+    auto& w = worker_streams();
+    if (static_cast<size_t>(worker) > w.size())
+      throw std::invalid_argument("CPU worker stream " + std::to_string(worker) + " was not made (" +
+                                  std::to_string(w.size() + 1) + " exist)");
+    tls = w[worker - 1];
+  }
+  return mx::stream_from_thread_local_stream(*tls);
+}
+int32_t cpu_workers(int32_t n) {
+  std::lock_guard<std::mutex> g(workers_mu);
+  auto& w = worker_streams();
+  while (static_cast<int32_t>(w.size()) < n - 1) w.push_back(mx::new_thread_local_stream(mx::Device::cpu));
+  return static_cast<int32_t>(w.size()) + 1;
+}
+
+// The calling thread's default stream and worker streams.
+void synchronize() {
+  mx::synchronize();
+  for (auto& s : workers_now()) mx::synchronize(s);
+}
 int32_t active_tasks() { return mx::scheduler::n_active_tasks(); }
 void eval_one(const Array& a) { mx::eval({a.a}); }
 
@@ -198,9 +243,11 @@ ArrPtr negative(const Array& a) { return wrap(mx::negative(a.a)); }
 ArrPtr sigmoid(const Array& a) { return wrap(mx::sigmoid(a.a)); }
 ArrPtr exp(const Array& a) { return wrap(mx::exp(a.a)); }
 ArrPtr log(const Array& a) { return wrap(mx::log(a.a)); }
-ArrPtr matmul(const Array& a, const Array& b) { return wrap(mx::matmul(a.a, b.a)); }
-ArrPtr addmm(const Array& c, const Array& a, const Array& b) {
-  return wrap(mx::addmm(c.a, a.a, b.a));
+ArrPtr matmul(const Array& a, const Array& b, int32_t worker) {
+  return wrap(mx::matmul(a.a, b.a, on_worker(worker)));
+}
+ArrPtr addmm(const Array& c, const Array& a, const Array& b, int32_t worker) {
+  return wrap(mx::addmm(c.a, a.a, b.a, 1.0f, 1.0f, on_worker(worker)));
 }
 ArrPtr swiglu(const Array& gate, const Array& x) {
   static auto compiled = mx::compile(swiglu_impl, /*shapeless=*/true);
@@ -237,6 +284,9 @@ ArrPtr contiguous(const Array& a) {
 ArrPtr concatenate2(const Array& a, const Array& b, int32_t axis) {
   return wrap(mx::concatenate({a.a, b.a}, axis));
 }
+ArrPtr concatenate_list(const ArrayList& l, int32_t axis) {
+  return wrap(mx::concatenate(l.v, axis));
+}
 ArrPtr slice(const Array& a, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop) {
   return wrap(mx::slice(a.a, to_shape(start), to_shape(stop)));
 }
@@ -255,11 +305,11 @@ ArrPtr cumsum_axis(const Array& a, int32_t axis, bool reverse, bool inclusive) {
 
 ArrPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, const Array& biases,
                         bool has_biases, bool transpose, int32_t group_size, int32_t bits,
-                        rust::Str mode) {
+                        rust::Str mode, int32_t worker) {
   std::optional<mx::array> b;
   if (has_biases) b = biases.a;
   return wrap(mx::quantized_matmul(x.a, w.a, scales.a, b, transpose, group_size, bits,
-                                   std::string(mode)));
+                                   std::string(mode), on_worker(worker)));
 }
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits,
                                     rust::Str mode) {

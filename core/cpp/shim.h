@@ -58,6 +58,9 @@ void eval_list(const ArrayList& l);
 void async_eval_list(const ArrayList& l);
 void synchronize();
 int32_t active_tasks();
+// Makes CPU worker streams until there are n in all (the default stream is
+// worker 0); returns how many there are.
+int32_t cpu_workers(int32_t n);
 rust::Vec<rust::String> graph_census(const ArrayList& l);
 void eval_one(const Array& a);
 
@@ -80,8 +83,9 @@ ArrPtr negative(const Array& a);
 ArrPtr sigmoid(const Array& a);
 ArrPtr exp(const Array& a);
 ArrPtr log(const Array& a);
-ArrPtr matmul(const Array& a, const Array& b);
-ArrPtr addmm(const Array& c, const Array& a, const Array& b);
+// `worker`: 0 for the default stream, i > 0 for CPU worker stream i (see cpu_workers).
+ArrPtr matmul(const Array& a, const Array& b, int32_t worker);
+ArrPtr addmm(const Array& c, const Array& a, const Array& b, int32_t worker);
 ArrPtr swiglu(const Array& gate, const Array& x);
 
 // reductions, indexing, sorting
@@ -95,6 +99,7 @@ ArrPtr take_along_axis(const Array& a, const Array& idx, int32_t axis);
 ArrPtr put_along_axis(const Array& a, const Array& idx, const Array& vals, int32_t axis);
 ArrPtr contiguous(const Array& a);
 ArrPtr concatenate2(const Array& a, const Array& b, int32_t axis);
+ArrPtr concatenate_list(const ArrayList& l, int32_t axis);
 ArrPtr slice(const Array& a, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop);
 ArrPtr slice_update(const Array& src, const Array& upd, rust::Slice<const int32_t> start, rust::Slice<const int32_t> stop);
 ArrPtr sort_axis(const Array& a, int32_t axis);
@@ -105,7 +110,7 @@ ArrPtr cumsum_axis(const Array& a, int32_t axis, bool reverse, bool inclusive);
 // quantization
 ArrPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, const Array& biases,
                         bool has_biases, bool transpose, int32_t group_size, int32_t bits,
-                        rust::Str mode);
+                        rust::Str mode, int32_t worker);
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits, rust::Str mode);
 ArrPtr dequantize(const Array& w, const Array& scales, const Array& biases, bool has_biases,
                   int32_t group_size, int32_t bits, rust::Str mode);

@@ -43,6 +43,34 @@ pub struct LoadOptions {
     /// slow, at the cost of bit-parity with mlx-lm (which computes in the
     /// checkpoint's dtype). None keeps the checkpoint's dtypes.
     pub compute_dtype: Option<crate::mlx::Dtype>,
+    /// CPU streams a model loaded on the CPU runs its projections on (each
+    /// cut by output rows, see `Linear::split_rows`; results stay
+    /// bit-identical). None: the `CIDER_CPU_THREADS` environment variable,
+    /// else one per core up to `MAX_CPU_THREADS`. 1 runs every kernel on
+    /// MLX's one default stream, as mlx-lm does. Ignored on a GPU.
+    pub cpu_threads: Option<usize>,
+}
+
+/// The most CPU streams chosen by default: past this, the cost of joining
+/// the parts outgrows what another core saves on models small enough to run
+/// on a CPU.
+pub const MAX_CPU_THREADS: usize = 8;
+
+/// How many CPU streams to split projections over (see `LoadOptions::cpu_threads`).
+pub fn cpu_threads(asked: Option<usize>) -> Result<usize> {
+    let n = match asked {
+        Some(n) => n,
+        None => match std::env::var("CIDER_CPU_THREADS") {
+            Ok(v) => v.trim().parse::<usize>().map_err(|_| {
+                Error::invalid_arg(format!("CIDER_CPU_THREADS must be a whole number of threads, got \"{v}\""))
+            })?,
+            Err(_) => std::thread::available_parallelism().map_or(1, |n| n.get()).min(MAX_CPU_THREADS),
+        },
+    };
+    if n == 0 || n > 256 {
+        return Err(Error::invalid_arg(format!("CPU threads must be between 1 and 256, got {n}")));
+    }
+    Ok(n)
 }
 
 pub struct Model {
@@ -103,8 +131,12 @@ impl Model {
 
         let before = memory::active();
         let mut weights = Weights::load(dir, quant, opts.compute_dtype)?;
-        let net = Transformer::load(arch.clone(), &mut weights)?;
+        let mut net = Transformer::load(arch.clone(), &mut weights)?;
         weights.finish()?;
+        let threads = cpu_threads(opts.cpu_threads)?;
+        if !mlx::device::is_gpu() && threads > 1 {
+            net.split_linears(mlx::cpu_workers(threads)?)?;
+        }
         cancel(progress, 0.1)?;
         // Evaluate the weights layer by layer so progress can be reported and
         // cancelled; each tensor is read from disk exactly once.

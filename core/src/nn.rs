@@ -22,11 +22,18 @@ pub const MAX_FUSED_QUANT_ROWS: i64 = 16384;
 /// A bias is kept as a [1, out] row (made once at load), so adding it to a
 /// decode step's [1, out] output needs no broadcast node; a prompt chunk's
 /// [L, out] gets the same values broadcast as from an [out] vector.
+///
+/// `split` is empty, or the same layer cut by output rows into parts that
+/// run on different CPU worker streams (see `Linear::split_rows`).
 pub enum Linear {
     /// `wt` is `weight` transposed: a view made once (see `Linear::dense`).
-    Dense { weight: Array, wt: Array, bias: Option<Array> },
-    Quantized { weight: Array, scales: Array, biases: Array, bias: Option<Array>, q: QuantParams },
+    Dense { weight: Array, wt: Array, bias: Option<Array>, split: Vec<Linear> },
+    Quantized { weight: Array, scales: Array, biases: Array, bias: Option<Array>, q: QuantParams, split: Vec<Linear> },
 }
+
+/// Output rows of each part of a split layer are a multiple of this, so
+/// MLX's vectorised column blocks are never cut.
+const SPLIT_ALIGN: i32 = 32;
 
 impl Linear {
     /// A dense layer computing `x @ weight.T (+ bias)` as mlx.nn.Linear does.
@@ -36,22 +43,84 @@ impl Linear {
     /// less to walk per layer and decode step.
     pub fn dense(weight: Array, bias: Option<Array>) -> Result<Linear> {
         let wt = weight.transpose(&[1, 0])?;
-        Ok(Linear::Dense { weight, wt, bias })
+        Ok(Linear::Dense { weight, wt, bias, split: Vec::new() })
     }
     pub fn forward(&self, x: &Array) -> Result<Array> {
+        let split = match self {
+            Linear::Dense { split, .. } | Linear::Quantized { split, .. } => split,
+        };
+        if split.is_empty() {
+            return self.forward_on(x, 0);
+        }
+        let ys = split.iter().enumerate().map(|(i, p)| p.forward_on(x, i as i32)).collect::<Result<Vec<_>>>()?;
+        let y = Array::concatenate_all(&ys.iter().collect::<Vec<_>>(), -1)?;
+        match self {
+            // Dense parts add their slice of the bias inside their addmm, as
+            // the whole layer would; a quantized layer adds it after its
+            // product in any case, so it is added once to the joined rows.
+            Linear::Quantized { bias: Some(b), .. } => y.add(b),
+            _ => Ok(y),
+        }
+    }
+    fn forward_on(&self, x: &Array, worker: i32) -> Result<Array> {
         match self {
             Linear::Dense { wt, bias, .. } => match bias {
-                Some(b) => Array::addmm(b, x, wt),
-                None => x.matmul(wt),
+                Some(b) => Array::addmm_on(b, x, wt, worker),
+                None => x.matmul_on(wt, worker),
             },
-            Linear::Quantized { weight, scales, biases, bias, q } => {
-                let y = Array::quantized_matmul(x, weight, scales, Some(biases), true, q.group_size, q.bits, QUANT_MODE)?;
+            Linear::Quantized { weight, scales, biases, bias, q, .. } => {
+                let y = Array::quantized_matmul_on(x, weight, scales, Some(biases), true, q.group_size, q.bits, QUANT_MODE, worker)?;
                 match bias {
                     Some(b) => y.add(b),
                     None => Ok(y),
                 }
             }
         }
+    }
+    pub fn out_dim(&self) -> i32 {
+        match self {
+            Linear::Dense { weight, .. } | Linear::Quantized { weight, .. } => weight.dim(0),
+        }
+    }
+    /// Cuts the layer by output rows into up to `workers` parts, part i to
+    /// run on CPU worker stream i (`mlx::cpu_workers`), joined again after.
+    /// MLX's CPU backend runs one stream's kernels on one thread; the parts
+    /// run at once on as many cores. Each output element is still the dot
+    /// product of the same weight row with the same input, computed by the
+    /// same kernel, so results are bit-identical to the whole layer (checked
+    /// against mlx-lm by the parity tests). The parts are views of the
+    /// weights: no memory of their own. A layer too small for two aligned
+    /// parts stays whole.
+    pub fn split_rows(&mut self, workers: usize) -> Result<()> {
+        let rows = self.out_dim();
+        let a = SPLIT_ALIGN;
+        let per = ((rows + workers.max(1) as i32 - 1) / workers.max(1) as i32 + a - 1) / a * a;
+        let mut parts = Vec::new();
+        if workers >= 2 && per < rows {
+            let mut lo = 0;
+            while lo < rows {
+                let hi = (lo + per).min(rows);
+                parts.push(match &*self {
+                    Linear::Dense { weight, bias, .. } => Linear::dense(
+                        weight.slice_axis(0, lo, hi)?,
+                        bias.as_ref().map(|b| b.slice_axis(-1, lo, hi)).transpose()?,
+                    )?,
+                    Linear::Quantized { weight, scales, biases, q, .. } => Linear::Quantized {
+                        weight: weight.slice_axis(0, lo, hi)?,
+                        scales: scales.slice_axis(0, lo, hi)?,
+                        biases: biases.slice_axis(0, lo, hi)?,
+                        bias: None,
+                        q: *q,
+                        split: Vec::new(),
+                    },
+                });
+                lo = hi;
+            }
+        }
+        match self {
+            Linear::Dense { split, .. } | Linear::Quantized { split, .. } => *split = parts,
+        }
+        Ok(())
     }
     /// One linear computing all of `parts` side by side (weights stacked along
     /// the output axis), so a decode step launches one matrix-vector product
@@ -92,8 +161,8 @@ impl Linear {
                     && b0.as_ref().zip(bias.as_ref()).map_or(true, |(x, y)| x.dtype() == y.dtype())
             }
             (
-                Linear::Quantized { weight: w0, scales: s0, biases: z0, bias: b0, q: q0 },
-                Linear::Quantized { weight, scales, biases, bias, q },
+                Linear::Quantized { weight: w0, scales: s0, biases: z0, bias: b0, q: q0, .. },
+                Linear::Quantized { weight, scales, biases, bias, q, .. },
             ) => {
                 q0 == q
                     && w0.dim(1) == weight.dim(1)
@@ -141,7 +210,14 @@ impl Linear {
                             })
                             .collect()
                     };
-                    Linear::Quantized { weight: cat(&pick(0), 0)?, scales: cat(&pick(1), 0)?, biases: cat(&pick(2), 0)?, bias, q: *q }
+                    Linear::Quantized {
+                        weight: cat(&pick(0), 0)?,
+                        scales: cat(&pick(1), 0)?,
+                        biases: cat(&pick(2), 0)?,
+                        bias,
+                        q: *q,
+                        split: Vec::new(),
+                    }
                 }
             })
         })();
@@ -162,11 +238,14 @@ impl Linear {
             }
         }
     }
-    /// Views over the weights, evaluated once after them (no memory of their own).
-    pub fn views(&self) -> Option<&Array> {
+    /// Views over the weights, evaluated once after them (no memory of their
+    /// own): the transposed weight and the split parts' slices.
+    pub fn views(&self) -> Vec<&Array> {
         match self {
-            Linear::Dense { wt, .. } => Some(wt),
-            Linear::Quantized { .. } => None,
+            Linear::Dense { wt, split, .. } => {
+                std::iter::once(wt).chain(split.iter().flat_map(|p| p.arrays().into_iter().chain(p.views()))).collect()
+            }
+            Linear::Quantized { split, .. } => split.iter().flat_map(|p| p.arrays().into_iter().chain(p.views())).collect(),
         }
     }
     pub fn arrays(&self) -> Vec<&Array> {

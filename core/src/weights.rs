@@ -213,7 +213,7 @@ impl Weights {
             None => Linear::dense(self.take(&format!("{prefix}.weight"), &[o, i])?, b),
             Some(q) => {
                 let (weight, scales, biases) = self.quantized_parts(prefix, o, i, q)?;
-                Ok(Linear::Quantized { weight, scales, biases, bias: b, q })
+                Ok(Linear::Quantized { weight, scales, biases, bias: b, q, split: Vec::new() })
             }
         }
     }

@@ -300,7 +300,7 @@ fn compute_dtype_converts_every_float_tensor() {
     for quant in [None, Some((4, 64))] {
         let dir = tmpdir(&format!("cdt-{}", quant.is_some()));
         write_model(&dir, &Spec { dtype: Dtype::BF16, quant, ..Default::default() });
-        let opts = cider_core::LoadOptions { compute_dtype: Some(Dtype::F32) };
+        let opts = cider_core::LoadOptions { compute_dtype: Some(Dtype::F32), ..Default::default() };
         let m = Arc::new(Model::load_with(&dir, &opts, &mut |_| true).unwrap());
         assert_eq!(m.info.dtype, "float32");
         // Norms (and dense weights) are converted; quantization scales are
@@ -326,7 +326,7 @@ fn compute_dtype_converts_every_float_tensor() {
     assert!(caches.iter().flat_map(|c| c.state()).all(|a| a.dtype() == Dtype::BF16));
     let dir = tmpdir("cdt-bad");
     write_model(&dir, &Spec::default());
-    let bad = cider_core::LoadOptions { compute_dtype: Some(Dtype::I32) };
+    let bad = cider_core::LoadOptions { compute_dtype: Some(Dtype::I32), ..Default::default() };
     assert_eq!(Model::load_with(&dir, &bad, &mut |_| true).err().unwrap().kind, ErrorKind::InvalidArgument);
 }
 

@@ -53,6 +53,12 @@ pub struct cider_load_options {
     /// widen them. float32 is much faster on CPUs (MLX's bf16 CPU kernels
     /// are slow) and uses more memory.
     pub compute_dtype: *const c_char,
+    /// CPU streams each projection is split over when the model runs on the
+    /// CPU (MLX runs one stream on one core; results stay bit-identical).
+    /// 0 (the default): the CIDER_CPU_THREADS environment variable, else one
+    /// per core, at most 8. 1: everything on MLX's one default stream, as
+    /// mlx-lm runs. Ignored on a GPU.
+    pub cpu_threads: i32,
 }
 
 /// Facts about a loaded model, filled by `cider_model_get_info`. Fields are
@@ -98,7 +104,7 @@ pub struct cider_model_info {
 /// Thread-safe; cannot fail.
 #[no_mangle]
 pub extern "C" fn cider_load_options_default() -> cider_load_options {
-    cider_load_options { progress: None, user_data: std::ptr::null_mut(), compute_dtype: std::ptr::null() }
+    cider_load_options { progress: None, user_data: std::ptr::null_mut(), compute_dtype: std::ptr::null(), cpu_threads: 0 }
 }
 
 fn cstring(s: &str) -> CString {
@@ -135,11 +141,19 @@ pub extern "C" fn cider_model_load(
         let path_bytes = unsafe { handle::c_bytes(path, "path") }?;
         require_out(out, "out")?;
         // SAFETY: `options` is NULL or points to a cider_load_options.
-        let (progress, user_data, dtype) = match unsafe { options.as_ref() } {
-            Some(o) => (o.progress, o.user_data, o.compute_dtype),
-            None => (None, std::ptr::null_mut(), std::ptr::null()),
+        let (progress, user_data, dtype, threads) = match unsafe { options.as_ref() } {
+            Some(o) => (o.progress, o.user_data, o.compute_dtype, o.cpu_threads),
+            None => (None, std::ptr::null_mut(), std::ptr::null(), 0),
         };
         let mut load_opts = cider_core::LoadOptions::default();
+        if threads < 0 {
+            return Err(crate::status::Failure::invalid_arg(format!(
+                "options->cpu_threads is {threads}; expected 0 (automatic) or a positive count"
+            )));
+        }
+        if threads > 0 {
+            load_opts.cpu_threads = Some(threads as usize);
+        }
         if !dtype.is_null() {
             // SAFETY: non-NULL `compute_dtype` is a NUL-terminated string (header contract).
             let name = unsafe { std::ffi::CStr::from_ptr(dtype) }.to_string_lossy();

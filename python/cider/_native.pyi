@@ -234,6 +234,7 @@ def load(
     *,
     progress: Optional[Callable[[float], Optional[bool]]] = None,
     compute_dtype: Optional[Literal["float32", "float16", "bfloat16"]] = None,
+    cpu_threads: Optional[int] = None,
 ) -> Model: ...
 def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tokenizer: ...
 

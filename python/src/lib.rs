@@ -805,10 +805,18 @@ impl Model {
 /// `compute_dtype` ("float32", "float16", "bfloat16"; None = the checkpoint's)
 /// computes in that dtype (weights converted once at load; quantization
 /// scales kept as stored): float32 is much faster on CPUs, but not
-/// bit-identical to mlx-lm.
+/// bit-identical to mlx-lm. `cpu_threads`: CPU streams each projection is
+/// split over on the CPU (results stay bit-identical); None = the
+/// CIDER_CPU_THREADS environment variable, else one per core (at most 8).
 #[pyfunction]
-#[pyo3(signature = (path, *, progress = None, compute_dtype = None))]
-fn load(py: Python<'_>, path: &Bound<'_, PyAny>, progress: Option<Py<PyAny>>, compute_dtype: Option<&str>) -> PyResult<Model> {
+#[pyo3(signature = (path, *, progress = None, compute_dtype = None, cpu_threads = None))]
+fn load(
+    py: Python<'_>,
+    path: &Bound<'_, PyAny>,
+    progress: Option<Py<PyAny>>,
+    compute_dtype: Option<&str>,
+    cpu_threads: Option<usize>,
+) -> PyResult<Model> {
     let opts = cider_core::LoadOptions {
         compute_dtype: match compute_dtype {
             None => None,
@@ -818,6 +826,7 @@ fn load(py: Python<'_>, path: &Bound<'_, PyAny>, progress: Option<Py<PyAny>>, co
                 ))
             })?),
         },
+        cpu_threads,
     };
     let path: PathBuf = path
         .extract()

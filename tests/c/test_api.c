@@ -82,7 +82,7 @@ static cider_model *test_load(const char *dir) {
     cider_model *model = NULL;
     progress_state p = {0, 0.0f, true, 0};
     cider_load_options opts = cider_load_options_default();
-    CHECK(opts.progress == NULL && opts.user_data == NULL && opts.compute_dtype == NULL);
+    CHECK(opts.progress == NULL && opts.user_data == NULL && opts.compute_dtype == NULL && opts.cpu_threads == 0);
     opts.progress = on_progress;
     opts.user_data = &p;
     CHECK_OK(cider_model_load(dir, &opts, &model));
@@ -114,7 +114,16 @@ static void test_load_failures(const char *dir) {
     CHECK(model == SENTINEL_MODEL);
     CHECK(strstr(cider_last_error_message(), "int8") != NULL);
 
-    /* float32 compute: the model reports float32 and still generates. */
+    /* A negative CPU stream count. */
+    opts = cider_load_options_default();
+    opts.cpu_threads = -2;
+    CHECK_STATUS(cider_model_load(dir, &opts, &model), CIDER_STATUS_INVALID_ARGUMENT);
+    CHECK(model == SENTINEL_MODEL);
+    CHECK(strstr(cider_last_error_message(), "cpu_threads") != NULL);
+
+    /* float32 compute, split over two CPU streams: the model reports float32
+       and still generates. */
+    opts.cpu_threads = 2;
     opts.compute_dtype = "float32";
     CHECK_OK(cider_model_load(dir, &opts, &model));
     {

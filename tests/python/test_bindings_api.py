@@ -310,3 +310,16 @@ def test_compute_dtype_float32(llama_dir, qwen3_q4_dir):
     assert cider.load(llama_dir).info.dtype == "bfloat16"
     with pytest.raises(ValueError):
         cider.load(llama_dir, compute_dtype="int8")
+
+
+def test_cpu_threads(llama_dir, qwen3_q4_dir):
+    # Projections split over CPU streams give the one-stream tokens (the core's
+    # cpu_split test checks the logits bit for bit); a bad count is refused.
+    for d in (llama_dir, qwen3_q4_dir):
+        one = cider.load(d, cpu_threads=1).generate_result([1, 2, 3], max_tokens=6, ignore_eos=True).tokens
+        two = cider.load(d, cpu_threads=2).generate_result([1, 2, 3], max_tokens=6, ignore_eos=True).tokens
+        assert one == two
+    with pytest.raises(cider.InvalidArgumentError, match="CPU threads"):
+        cider.load(llama_dir, cpu_threads=0)
+    with pytest.raises((OverflowError, TypeError)):
+        cider.load(llama_dir, cpu_threads=-1)

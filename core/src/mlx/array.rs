@@ -147,11 +147,19 @@ pub fn async_eval(arrays: &[&Array]) -> Result<()> {
     Ok(())
 }
 
-/// Wait until the default stream has no work left (see `generate::Drain`
-/// for why a generation must not return before).
+/// Wait until the default stream and the CPU worker streams have no work
+/// left (see `generate::Drain` for why a generation must not return before).
 pub fn synchronize() -> Result<()> {
     ffi::synchronize()?;
     Ok(())
+}
+
+/// Makes sure there are `n` CPU streams for `*_on` ops to run on (worker 0 is
+/// the default stream; the others are made once per process and shared) and
+/// returns how many there are. MLX runs one stream's kernels in order on one
+/// thread, so more workers let independent kernels use more cores.
+pub fn cpu_workers(n: usize) -> Result<usize> {
+    Ok(ffi::cpu_workers(n.min(i32::MAX as usize) as i32)? as usize)
 }
 
 /// How many evaluations MLX has submitted and not finished, on all streams.
@@ -304,11 +312,19 @@ impl Array {
         wrap(ffi::log(&self.inner))
     }
     pub fn matmul(&self, b: &Array) -> Result<Array> {
-        wrap(ffi::matmul(&self.inner, &b.inner))
+        self.matmul_on(b, 0)
     }
-    /// `c + self @ b`
+    /// `self @ b` run on CPU worker stream `worker` (0: the default stream; see `cpu_workers`).
+    pub fn matmul_on(&self, b: &Array, worker: i32) -> Result<Array> {
+        wrap(ffi::matmul(&self.inner, &b.inner, worker))
+    }
+    /// `c + a @ b`
     pub fn addmm(c: &Array, a: &Array, b: &Array) -> Result<Array> {
-        wrap(ffi::addmm(&c.inner, &a.inner, &b.inner))
+        Self::addmm_on(c, a, b, 0)
+    }
+    /// `c + a @ b` run on CPU worker stream `worker`.
+    pub fn addmm_on(c: &Array, a: &Array, b: &Array, worker: i32) -> Result<Array> {
+        wrap(ffi::addmm(&c.inner, &a.inner, &b.inner, worker))
     }
     /// silu(gate) * x, compiled the way mlx-lm compiles it.
     pub fn swiglu(gate: &Array, x: &Array) -> Result<Array> {
@@ -346,6 +362,10 @@ impl Array {
     }
     pub fn concatenate(a: &Array, b: &Array, axis: i32) -> Result<Array> {
         wrap(ffi::concatenate2(&a.inner, &b.inner, axis))
+    }
+    /// All of `arrays` joined along `axis`, in one node.
+    pub fn concatenate_all(arrays: &[&Array], axis: i32) -> Result<Array> {
+        wrap(ffi::concatenate_list(&list_of(arrays), axis))
     }
     /// `self[start0:stop0, start1:stop1, ...]` (stride 1); axes not named are taken whole.
     pub fn slice(&self, start: &[i32], stop: &[i32]) -> Result<Array> {
@@ -389,12 +409,27 @@ impl Array {
         bits: i32,
         mode: &str,
     ) -> Result<Array> {
+        Self::quantized_matmul_on(x, w, scales, biases, transpose, group_size, bits, mode, 0)
+    }
+    /// `quantized_matmul` run on CPU worker stream `worker`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn quantized_matmul_on(
+        x: &Array,
+        w: &Array,
+        scales: &Array,
+        biases: Option<&Array>,
+        transpose: bool,
+        group_size: i32,
+        bits: i32,
+        mode: &str,
+        worker: i32,
+    ) -> Result<Array> {
         let (b, has) = match biases {
             Some(b) => (b, true),
             None => (scales, false),
         };
         wrap(ffi::quantized_matmul(
-            &x.inner, &w.inner, &scales.inner, &b.inner, has, transpose, group_size, bits, mode,
+            &x.inner, &w.inner, &scales.inner, &b.inner, has, transpose, group_size, bits, mode, worker,
         ))
     }
     /// Quantize along the last axis: (packed weights, scales, biases).

@@ -33,6 +33,7 @@ pub(crate) mod ffi {
         fn async_eval_list(l: &ArrayList) -> Result<()>;
         fn synchronize() -> Result<()>;
         fn active_tasks() -> i32;
+        fn cpu_workers(n: i32) -> Result<i32>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 
@@ -54,8 +55,8 @@ pub(crate) mod ffi {
         fn sigmoid(a: &Array) -> Result<UniquePtr<Array>>;
         fn exp(a: &Array) -> Result<UniquePtr<Array>>;
         fn log(a: &Array) -> Result<UniquePtr<Array>>;
-        fn matmul(a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
-        fn addmm(c: &Array, a: &Array, b: &Array) -> Result<UniquePtr<Array>>;
+        fn matmul(a: &Array, b: &Array, worker: i32) -> Result<UniquePtr<Array>>;
+        fn addmm(c: &Array, a: &Array, b: &Array, worker: i32) -> Result<UniquePtr<Array>>;
         fn swiglu(gate: &Array, x: &Array) -> Result<UniquePtr<Array>>;
 
         fn sum_axis(a: &Array, axis: i32, keepdims: bool) -> Result<UniquePtr<Array>>;
@@ -68,6 +69,7 @@ pub(crate) mod ffi {
         fn put_along_axis(a: &Array, idx: &Array, vals: &Array, axis: i32) -> Result<UniquePtr<Array>>;
         fn contiguous(a: &Array) -> Result<UniquePtr<Array>>;
         fn concatenate2(a: &Array, b: &Array, axis: i32) -> Result<UniquePtr<Array>>;
+        fn concatenate_list(l: &ArrayList, axis: i32) -> Result<UniquePtr<Array>>;
         fn slice(a: &Array, start: &[i32], stop: &[i32]) -> Result<UniquePtr<Array>>;
         fn slice_update(src: &Array, upd: &Array, start: &[i32], stop: &[i32]) -> Result<UniquePtr<Array>>;
         fn sort_axis(a: &Array, axis: i32) -> Result<UniquePtr<Array>>;
@@ -77,7 +79,7 @@ pub(crate) mod ffi {
 
         #[allow(clippy::too_many_arguments)]
         fn quantized_matmul(x: &Array, w: &Array, scales: &Array, biases: &Array, has_biases: bool,
-            transpose: bool, group_size: i32, bits: i32, mode: &str) -> Result<UniquePtr<Array>>;
+            transpose: bool, group_size: i32, bits: i32, mode: &str, worker: i32) -> Result<UniquePtr<Array>>;
         fn quantize(w: &Array, group_size: i32, bits: i32, mode: &str) -> Result<UniquePtr<ArrayList>>;
         fn dequantize(w: &Array, scales: &Array, biases: &Array, has_biases: bool, group_size: i32,
             bits: i32, mode: &str) -> Result<UniquePtr<Array>>;

@@ -336,6 +336,25 @@ impl Transformer {
         (0..self.layers.len()).map(|_| Box::new(StandardCache::stored_as(self.kv_dtype)) as Box<dyn KvCache>).collect()
     }
 
+    /// Cuts every projection, the tied output head included, into up to
+    /// `workers` parts run on as many CPU streams (see `Linear::split_rows`).
+    pub fn split_linears(&mut self, workers: usize) -> Result<()> {
+        let mut v = vec![&mut self.embed.0];
+        for l in &mut self.layers {
+            match &mut l.attn.qkv {
+                Qkv::Separate { q, k, v: vv } => v.extend([q, k, vv]),
+                Qkv::Fused(p) => v.push(p),
+            }
+            v.push(&mut l.attn.o_proj);
+            match &mut l.mlp {
+                Mlp::Separate { gate, up, down } => v.extend([gate, up, down]),
+                Mlp::Fused { gate_up, down, .. } => v.extend([gate_up, down]),
+            }
+        }
+        v.extend(self.lm_head.iter_mut());
+        v.into_iter().try_for_each(|l| l.split_rows(workers))
+    }
+
     fn linears(&self) -> Vec<&Linear> {
         let mut v = vec![&self.embed.0];
         for l in &self.layers {
@@ -362,7 +381,7 @@ impl Transformer {
 
     /// Transposed views of the dense weights, evaluated after `arrays`.
     pub fn views(&self) -> Vec<&Array> {
-        self.linears().into_iter().filter_map(|l| l.views()).collect()
+        self.linears().into_iter().flat_map(|l| l.views()).collect()
     }
 
     fn norms(&self) -> Vec<&Array> {

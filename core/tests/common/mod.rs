@@ -40,11 +40,13 @@ pub struct Spec {
     /// (bits, group_size) to quantize every linear and the embedding.
     pub quant: Option<(i32, i32)>,
     pub seed: u64,
+    /// Biases on every projection (`attention_bias` and `mlp_bias`).
+    pub bias: bool,
 }
 
 impl Default for Spec {
     fn default() -> Self {
-        Spec { hidden: 64, layers: 2, inter: 128, heads: 4, kv_heads: 2, dtype: Dtype::F32, quant: None, seed: 7 }
+        Spec { hidden: 64, layers: 2, inter: 128, heads: 4, kv_heads: 2, dtype: Dtype::F32, quant: None, seed: 7, bias: false }
     }
 }
 
@@ -96,6 +98,9 @@ pub fn write_model(dir: &Path, spec: &Spec) -> PathBuf {
                 t.push((format!("{name}.biases"), q[2].clone()));
             }
         }
+        if spec.bias && !name.ends_with("embed_tokens") && name != "lm_head" {
+            t.push((format!("{name}.bias"), r.array(&[o], scale).astype(spec.dtype).unwrap()));
+        }
     };
     lin(&mut t, &mut r, "model.embed_tokens", v, d, 1.0);
     for l in 0..spec.layers {
@@ -123,6 +128,10 @@ pub fn write_model(dir: &Path, spec: &Spec) -> PathBuf {
         "rope_theta": 10000.0, "tie_word_embeddings": false, "max_position_embeddings": 512,
         "eos_token_id": 1, "bos_token_id": 0
     });
+    if spec.bias {
+        cfg["attention_bias"] = json!(true);
+        cfg["mlp_bias"] = json!(true);
+    }
     if let Some((bits, gs)) = spec.quant {
         cfg["quantization"] = json!({"bits": bits, "group_size": gs, "mode": "affine"});
     }

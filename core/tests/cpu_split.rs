@@ -1,0 +1,69 @@
+//! Projections split by output rows over several CPU streams
+//! (`LoadOptions::cpu_threads`) must give exactly the logits of one stream:
+//! the split is a speed-up, never a numerical change.
+mod common;
+
+use common::*;
+use cider_core::mlx::{self, Array, Dtype};
+use cider_core::{ErrorKind, LoadOptions, Model};
+
+fn load(dir: &std::path::Path, threads: usize) -> Model {
+    let opts = LoadOptions { cpu_threads: Some(threads), ..Default::default() };
+    Model::load_with(dir, &opts, &mut |_| true).unwrap()
+}
+
+/// Logits (as f32 bits) of a 9-token prompt pass and then three one-token
+/// steps, and how many joins (of split outputs, and the model's own) the
+/// prompt pass's graph has.
+fn logits(m: &Model) -> (Vec<Vec<u32>>, usize) {
+    let mut caches = m.net.make_caches();
+    let ids: Vec<i32> = vec![0, 3, 4, 5, 6, 3, 7, 13, 14];
+    let first = m.forward(&Array::from_i32(&ids, &[1, ids.len() as i32]).unwrap(), &mut caches).unwrap();
+    let joins = mlx::graph_census(&[&first]).iter().filter(|p| p.as_str() == "Concatenate").count();
+    let mut out = vec![first];
+    for t in [9, 21, 33] {
+        out.push(m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap());
+    }
+    let bits = out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
+    (bits, joins)
+}
+
+#[test]
+fn split_projections_are_bit_identical() {
+    mlx::device::set_gpu(false).unwrap();
+    let kinds: [(Dtype, Option<(i32, i32)>, bool); 6] = [
+        (Dtype::BF16, None, false),
+        (Dtype::BF16, None, true),
+        (Dtype::F16, None, false),
+        (Dtype::F32, None, true),
+        (Dtype::BF16, Some((4, 64)), true),
+        (Dtype::BF16, Some((8, 32)), false),
+    ];
+    for (i, (dtype, quant, bias)) in kinds.into_iter().enumerate() {
+        let dir = tmpdir(&format!("split-{i}"));
+        // Sizes that split unevenly: the 320-row q/k/v projection over 3
+        // streams is parts of 128, 128 and 64 rows.
+        write_model(&dir, &Spec { hidden: 192, inter: 320, heads: 6, kv_heads: 2, dtype, quant, bias, ..Default::default() });
+        let (whole, joins1) = logits(&load(&dir, 1));
+        for threads in [2, 3, 4] {
+            let (split, joins) = logits(&load(&dir, threads));
+            assert!(joins > joins1, "{threads} streams: no projection was split ({dtype:?}, {quant:?})");
+            for (step, (a, b)) in whole.iter().zip(&split).enumerate() {
+                let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+                assert_eq!(diff, 0, "{dtype:?} {quant:?} bias {bias}, {threads} streams: {diff} logits differ at step {step}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_cpu_thread_counts_are_refused() {
+    let dir = tmpdir("split-bad");
+    write_model(&dir, &Spec::default());
+    for n in [0, 100_000] {
+        let opts = LoadOptions { cpu_threads: Some(n), ..Default::default() };
+        let e = Model::load_with(&dir, &opts, &mut |_| true).err().unwrap();
+        assert_eq!(e.kind, ErrorKind::InvalidArgument);
+        assert!(e.message.contains("CPU threads"), "{}", e.message);
+    }
+}
