@@ -56,6 +56,7 @@ fn main() {
     println!("cargo:rerun-if-env-changed=CIDER_PYTHON");
     println!("cargo:rerun-if-changed=cpp/shim.h");
     println!("cargo:rerun-if-changed=cpp/shim.cc");
+    println!("cargo:rerun-if-changed=cpp/cpu_linear.cc");
     println!("cargo:rerun-if-changed=src/mlx/ffi.rs");
     let mlx = match find_mlx() {
         Ok(p) => p,
@@ -68,6 +69,7 @@ fn main() {
     let lib = mlx.join("lib");
     cxx_build::bridge("src/mlx/ffi.rs")
         .file("cpp/shim.cc")
+        .file("cpp/cpu_linear.cc")
         .std("c++20")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")

@@ -159,6 +159,13 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
     let vocab = model.info.vocab_size;
     let prompt = synthetic_prompt(a.prompt_tokens, vocab);
     let text = a.format == Format::Text;
+    // On the CPU: how many streams each projection runs on, and whether
+    // cider's own kernels compute them (core/cpp/cpu_linear.cc).
+    let cpu = if gpu {
+        None
+    } else {
+        Some((cider_core::model::cpu_threads(a.cpu_threads)?, cider_core::mlx::cpu_kernels_status()))
+    };
     if text {
         eprintln!(
             "model {} ({}, {} layers, {}{}), device {}, MLX {}",
@@ -171,6 +178,9 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
             device::mlx_version()
         );
         eprintln!("load {:.3} s; prompt {} tokens, generate {} tokens", model.info.load_seconds, a.prompt_tokens, a.gen_tokens);
+        if let Some((threads, kernels)) = &cpu {
+            eprintln!("cpu streams per projection {threads}; cider cpu kernels {kernels}");
+        }
     }
     let warm_tokens = a.warmup_tokens.unwrap_or(a.gen_tokens).max(2);
     for i in 0..a.warmup {
@@ -239,6 +249,8 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
             "weight_bytes": model.info.weight_bytes,
             "device": if gpu { "gpu" } else { "cpu" },
             "mlx_version": device::mlx_version(),
+            "cpu_threads": cpu.as_ref().map(|c| c.0),
+            "cpu_kernels": cpu.as_ref().map(|c| c.1.clone()),
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
             "repeat": a.repeat,

@@ -244,10 +244,14 @@ ArrPtr sigmoid(const Array& a) { return wrap(mx::sigmoid(a.a)); }
 ArrPtr exp(const Array& a) { return wrap(mx::exp(a.a)); }
 ArrPtr log(const Array& a) { return wrap(mx::log(a.a)); }
 ArrPtr matmul(const Array& a, const Array& b, int32_t worker) {
-  return wrap(mx::matmul(a.a, b.a, on_worker(worker)));
+  auto sd = on_worker(worker);
+  if (auto y = try_cpu_linear(a.a, b.a, std::nullopt, sd)) return wrap(*y);
+  return wrap(mx::matmul(a.a, b.a, sd));
 }
 ArrPtr addmm(const Array& c, const Array& a, const Array& b, int32_t worker) {
-  return wrap(mx::addmm(c.a, a.a, b.a, 1.0f, 1.0f, on_worker(worker)));
+  auto sd = on_worker(worker);
+  if (auto y = try_cpu_linear(a.a, b.a, c.a, sd)) return wrap(*y);
+  return wrap(mx::addmm(c.a, a.a, b.a, 1.0f, 1.0f, sd));
 }
 ArrPtr swiglu(const Array& gate, const Array& x) {
   static auto compiled = mx::compile(swiglu_impl, /*shapeless=*/true);
@@ -308,8 +312,11 @@ ArrPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, con
                         rust::Str mode, int32_t worker) {
   std::optional<mx::array> b;
   if (has_biases) b = biases.a;
+  auto sd = on_worker(worker);
+  if (has_biases && transpose && std::string(mode) == "affine")
+    if (auto y = try_cpu_qlinear(x.a, w.a, scales.a, biases.a, group_size, bits, sd)) return wrap(*y);
   return wrap(mx::quantized_matmul(x.a, w.a, scales.a, b, transpose, group_size, bits,
-                                   std::string(mode), on_worker(worker)));
+                                   std::string(mode), sd));
 }
 std::unique_ptr<ArrayList> quantize(const Array& w, int32_t group_size, int32_t bits,
                                     rust::Str mode) {

@@ -3,6 +3,7 @@
 // instead of std::optional). Exceptions propagate to Rust as cxx::Exception.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -63,6 +64,19 @@ int32_t active_tasks();
 int32_t cpu_workers(int32_t n);
 rust::Vec<rust::String> graph_census(const ArrayList& l);
 void eval_one(const Array& a);
+
+// cider's CPU kernels for bf16 projections (cpu_linear.cc): the op, or
+// nullopt where they do not apply (then MLX's op is used).
+std::optional<mlx::core::array> try_cpu_linear(const mlx::core::array& x, const mlx::core::array& wt,
+                                               const std::optional<mlx::core::array>& c,
+                                               mlx::core::StreamOrDevice sd);
+std::optional<mlx::core::array> try_cpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,
+                                                const mlx::core::array& scales, const mlx::core::array& biases,
+                                                int group_size, int bits, mlx::core::StreamOrDevice sd);
+// "on", or "off: <why>".
+rust::String cpu_kernels_status();
+// false: MLX's ops from now on (until true again), for comparisons.
+void cpu_kernels_enable(bool on);
 
 // element-wise and shape ops
 ArrPtr astype(const Array& a, uint8_t dtype);

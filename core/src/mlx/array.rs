@@ -162,6 +162,18 @@ pub fn cpu_workers(n: usize) -> Result<usize> {
     Ok(ffi::cpu_workers(n.min(i32::MAX as usize) as i32)? as usize)
 }
 
+/// Whether cider's own CPU kernels for bf16 projections are in use: "on", or
+/// "off: <why>" (see core/cpp/cpu_linear.cc; decided on first use).
+pub fn cpu_kernels_status() -> String {
+    ffi::cpu_kernels_status()
+}
+
+/// `false`: graphs built from now on use MLX's own ops for projections
+/// instead of cider's CPU kernels (the same bits; for comparisons).
+pub fn set_cpu_kernels(on: bool) {
+    ffi::cpu_kernels_enable(on)
+}
+
 /// How many evaluations MLX has submitted and not finished, on all streams.
 pub fn active_tasks() -> usize {
     ffi::active_tasks().max(0) as usize

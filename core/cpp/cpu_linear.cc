@@ -1,0 +1,399 @@
+// cider's own CPU kernels for the projections of bf16 models: x @ W.T,
+// bias + x @ W.T, and affine 4/8-bit quantized x @ W.T.
+//
+// Why: on Linux x86-64, MLX's CPU kernels for bf16 run one multiply-add at a
+// time (its SIMD width there is 1), and its quantized kernel emulates bf16 in
+// software for every operation. These kernels do exactly the same
+// floating-point operations per output element, in the same order, with the
+// same roundings, but compute 8 output elements at once with AVX2 (one per
+// SIMD lane). Results are therefore bit-identical to MLX's (and to mlx-lm's).
+// That is not assumed: the first use runs a self-check against MLX's own ops
+// on shapes that exercise every edge (row and depth remainders, bias, 4 and 8
+// bits, group sizes 32/64/128) and turns the kernels off if one bit differs.
+//
+// The per-element arithmetic being reproduced (mlx/backend/cpu):
+// - dense (simd_gemm<bfloat16_t, float> with SIMD width 1): acc = 0.f; for k
+//   in order: acc += float(x[k]) * float(w[k]); out = bf16(acc), or with a bias
+//   bf16(acc + float(c)). A product of two bf16 values is exact in float, so
+//   fused or separate multiply-add give the same result.
+// - quantized (_qmm_t<bfloat16_t>): every operation is a bf16 operation, i.e.
+//   computed in float and rounded to bf16 (nearest even, NaN -> 0x7FC0):
+//   sum = bf16(sum + bf16(x * bf16(bf16(scale * q) + bias))).
+#include "cider-core/cpp/shim.h"
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "mlx/allocator.h"
+#include "mlx/backend/cpu/encoder.h"
+#include "mlx/primitives.h"
+#include "mlx/random.h"
+#include "mlx/utils.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define CIDER_X86_KERNELS 1
+#include <immintrin.h>
+#endif
+
+namespace mx = mlx::core;
+
+namespace cider {
+namespace {
+
+// Scalar bf16 helpers, for the remainders of the vector loops: the same
+// conversions as MLX's _MLX_BFloat16.
+inline float bf2f(uint16_t b) {
+  uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline uint16_t f2bf(float f) {
+  if (f != f) return 0x7FC0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += ((u >> 16) & 1) + 0x7FFFu;
+  return uint16_t(u >> 16);
+}
+inline float rbf(float f) { return bf2f(f2bf(f)); }
+
+#ifdef CIDER_X86_KERNELS
+#define AVX2 __attribute__((target("avx2")))
+
+// Rounds each lane to the nearest bf16 value (ties to even; NaN -> MLX's NaN).
+AVX2 inline __m256 round_bf16(__m256 v) {
+  __m256i u = _mm256_castps_si256(v);
+  __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  u = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+  u = _mm256_and_si256(u, _mm256_set1_epi32(int32_t(0xFFFF0000u)));
+  __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  return _mm256_blendv_ps(_mm256_castsi256_ps(u), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), nan);
+}
+
+// 8 bf16 values (16 bytes) to 8 floats.
+AVX2 inline __m256 load_bf16x8(const uint16_t* p) {
+  __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+// Stores 8 floats already rounded to bf16 values as 8 bf16.
+AVX2 inline void store_bf16x8(uint16_t* p, __m256 v) {
+  __m256i u = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+  __m128i lo = _mm256_castsi256_si128(u), hi = _mm256_extracti128_si256(u, 1);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(lo, hi));
+}
+
+// In-register transpose of an 8x8 float tile: r[i] holds row i on entry and
+// column i on exit.
+AVX2 inline void transpose8(__m256 r[8]) {
+  __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+// Rows of x processed together: each loaded (and transposed) weight tile is
+// used for this many rows. Keeps 8 tile + 4 accumulator registers live.
+constexpr int MB = 4;
+
+// out[M, N] = bf16(x[M, K] @ w[N, K].T (+ c[N])), 8 rows of w per lane group.
+AVX2 void dense_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
+  const int K8 = K - K % 8, N8 = N - N % 8;
+  std::vector<float> xf(size_t(MB) * K);
+  for (int m0 = 0; m0 < M; m0 += MB) {
+    const int mb = std::min(MB, M - m0);
+    for (int r = 0; r < mb; r++)
+      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = bf2f(x[size_t(m0 + r) * K + k]);
+    for (int n0 = 0; n0 < N8; n0 += 8) {
+      const uint16_t* wb = w + size_t(n0) * K;
+      __m256 acc[MB];
+      for (int r = 0; r < MB; r++) acc[r] = _mm256_setzero_ps();
+      for (int k = 0; k < K8; k += 8) {
+        __m256 t[8];
+        for (int i = 0; i < 8; i++) t[i] = load_bf16x8(wb + size_t(i) * K + k);
+        transpose8(t);  // t[kk] = w[n0 .. n0 + 8, k + kk]
+        for (int r = 0; r < mb; r++) {
+          const float* xr = &xf[size_t(r) * K + k];
+          __m256 a = acc[r];
+          for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + kk), t[kk]));
+          acc[r] = a;
+        }
+      }
+      for (int k = K8; k < K; k++) {
+        alignas(32) float col[8];
+        for (int i = 0; i < 8; i++) col[i] = bf2f(wb[size_t(i) * K + k]);
+        __m256 tv = _mm256_load_ps(col);
+        for (int r = 0; r < mb; r++)
+          acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_broadcast_ss(&xf[size_t(r) * K + k]), tv));
+      }
+      for (int r = 0; r < mb; r++) {
+        __m256 v = acc[r];
+        if (c) v = _mm256_add_ps(v, load_bf16x8(c + n0));
+        store_bf16x8(out + size_t(m0 + r) * N + n0, round_bf16(v));
+      }
+    }
+    for (int n = N8; n < N; n++) {
+      for (int r = 0; r < mb; r++) {
+        float acc = 0.f;
+        for (int k = 0; k < K; k++) acc += xf[size_t(r) * K + k] * bf2f(w[size_t(n) * K + k]);
+        if (c) acc += bf2f(c[n]);
+        out[size_t(m0 + r) * N + n] = f2bf(acc);
+      }
+    }
+  }
+}
+
+// out[M, N] = x[M, K] @ dequant(w).T for affine-quantized w ([N, K * bits / 32]
+// uint32 words, low bits first; scales and biases [N, K / gs]), in bf16
+// arithmetic as MLX's CPU kernel does it. 8 rows of w per lane group.
+template <int BITS>
+AVX2 void quant_bf16(const uint16_t* x, const uint32_t* w, const uint16_t* scales, const uint16_t* biases, uint16_t* out,
+                     int M, int N, int K, int gs) {
+  constexpr int PF = 32 / BITS;  // values per word
+  constexpr uint32_t MASK = (1u << BITS) - 1;
+  const int KW = K / PF, G = K / gs, WPG = gs / PF, N8 = N - N % 8;
+  std::vector<float> xf(size_t(MB) * K);
+  const __m256i rows = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int m0 = 0; m0 < M; m0 += MB) {
+    const int mb = std::min(MB, M - m0);
+    for (int r = 0; r < mb; r++)
+      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = bf2f(x[size_t(m0 + r) * K + k]);
+    for (int n0 = 0; n0 < N8; n0 += 8) {
+      const __m256i widx = _mm256_mullo_epi32(rows, _mm256_set1_epi32(KW));
+      const int* wb = reinterpret_cast<const int*>(w + size_t(n0) * KW);
+      __m256 sum[MB];
+      for (int r = 0; r < MB; r++) sum[r] = _mm256_setzero_ps();
+      for (int g = 0; g < G; g++) {
+        // Scales and biases of this group for the 8 rows (16-bit values
+        // gathered as 32-bit words: the wanted half is the low one).
+        alignas(32) float sc[8], bi[8];
+        for (int i = 0; i < 8; i++) {
+          sc[i] = bf2f(scales[size_t(n0 + i) * G + g]);
+          bi[i] = bf2f(biases[size_t(n0 + i) * G + g]);
+        }
+        const __m256 scv = _mm256_load_ps(sc), biv = _mm256_load_ps(bi);
+        for (int j = 0; j < WPG; j++) {
+          const int word = g * WPG + j;
+          __m256i wv = _mm256_i32gather_epi32(wb + word, widx, 4);
+          for (int p = 0; p < PF; p++) {
+            __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(wv, _mm256_set1_epi32(int(MASK))));
+            wv = _mm256_srli_epi32(wv, BITS);
+            // bf16(bf16(scale * q) + bias): the same for every row of x.
+            __m256 wq = round_bf16(_mm256_add_ps(round_bf16(_mm256_mul_ps(scv, q)), biv));
+            const int k = word * PF + p;
+            for (int r = 0; r < mb; r++) {
+              __m256 t = round_bf16(_mm256_mul_ps(_mm256_broadcast_ss(&xf[size_t(r) * K + k]), wq));
+              sum[r] = round_bf16(_mm256_add_ps(sum[r], t));
+            }
+          }
+        }
+      }
+      for (int r = 0; r < mb; r++) store_bf16x8(out + size_t(m0 + r) * N + n0, sum[r]);
+    }
+    for (int n = N8; n < N; n++) {
+      for (int r = 0; r < mb; r++) {
+        float sum = 0.f;
+        for (int k = 0; k < K; k++) {
+          uint32_t word = w[size_t(n) * KW + k / PF];
+          float q = float((word >> (BITS * (k % PF))) & MASK);
+          float sc = bf2f(scales[size_t(n) * G + k / gs]), bi = bf2f(biases[size_t(n) * G + k / gs]);
+          float wq = rbf(rbf(sc * q) + bi);
+          sum = rbf(sum + rbf(xf[size_t(r) * K + k] * wq));
+        }
+        out[size_t(m0 + r) * N + n] = f2bf(sum);
+      }
+    }
+  }
+}
+#endif  // CIDER_X86_KERNELS
+
+// One projection: inputs {x, w} (dense; w is the [K, N] transposed view of a
+// row-major [N, K] weight), {x, w, c} (dense with bias row c), or
+// {x, w, scales, biases} (quantized, bits_ > 0).
+class CpuLinear : public mx::UnaryPrimitive {
+ public:
+  CpuLinear(mx::Stream s, int bits, int group_size) : mx::UnaryPrimitive(s), bits_(bits), gs_(group_size) {}
+
+  void eval_cpu(const std::vector<mx::array>& in, mx::array& out) override {
+    const mx::array& x = in[0];
+    const mx::array& w = in[1];
+    for (size_t i = 0; i < in.size(); i++) {
+      // w (dense) is a transposed view; every other input must be row-major.
+      bool ok = (i == 1 && bits_ == 0) ? in[i].flags().col_contiguous : in[i].flags().row_contiguous;
+      if (!ok) throw std::runtime_error(std::string(name()) + ": input " + std::to_string(i) + " has an unexpected layout");
+    }
+    out.set_data(mx::allocator::malloc(out.nbytes()));
+    auto& enc = mx::cpu::get_command_encoder(stream());
+    for (auto& a : in) enc.set_input_array(a);
+    enc.set_output_array(out);
+    const int K = x.shape(-1), N = out.shape(-1);
+    const int M = K ? int(x.size() / K) : 0;
+    auto* o = out.data<uint16_t>();
+    auto* xp = x.data<uint16_t>();
+#ifdef CIDER_X86_KERNELS
+    if (bits_ == 0) {
+      const uint16_t* wp = w.data<uint16_t>();
+      const uint16_t* cp = in.size() > 2 ? in[2].data<uint16_t>() : nullptr;
+      enc.dispatch([=]() { dense_bf16(xp, wp, cp, o, M, N, K); });
+    } else {
+      const uint32_t* wp = w.data<uint32_t>();
+      const uint16_t* sp = in[2].data<uint16_t>();
+      const uint16_t* bp = in[3].data<uint16_t>();
+      const int gs = gs_;
+      if (bits_ == 4)
+        enc.dispatch([=]() { quant_bf16<4>(xp, wp, sp, bp, o, M, N, K, gs); });
+      else
+        enc.dispatch([=]() { quant_bf16<8>(xp, wp, sp, bp, o, M, N, K, gs); });
+    }
+#else
+    (void)o, (void)xp, (void)M, (void)N;
+    throw std::runtime_error("cider's CPU kernels are not built for this machine");
+#endif
+  }
+  void eval_gpu(const std::vector<mx::array>&, mx::array&) override {
+    throw std::runtime_error(std::string(name()) + " runs on the CPU only");
+  }
+  const char* name() const override { return bits_ ? "CiderQuantizedLinear" : "CiderLinear"; }
+  bool is_equivalent(const mx::Primitive& other) const override {
+    auto* o = dynamic_cast<const CpuLinear*>(&other);
+    return o && o->bits_ == bits_ && o->gs_ == gs_;
+  }
+
+ private:
+  int bits_, gs_;
+};
+
+mx::array make_linear(const mx::array& x, std::vector<mx::array> rest, int N, int bits, int gs, mx::Stream s) {
+  mx::Shape shape = x.shape();
+  shape.back() = N;
+  std::vector<mx::array> inputs{mx::contiguous(x, false, s)};
+  for (auto& a : rest) inputs.push_back(std::move(a));
+  return mx::array(std::move(shape), mx::bfloat16, std::make_shared<CpuLinear>(s, bits, gs), std::move(inputs));
+}
+
+// Compares the kernels with MLX's ops on shapes covering every code path.
+// Returns "" when all results are bit-identical, else what differed.
+std::string self_check() {
+  auto s = mx::default_stream(mx::Device::cpu);
+  // Own keys: MLX's global random state (a user's seed) is left alone.
+  uint64_t seed = 20261122;
+  auto rnd = [&](mx::Shape shape) {
+    return mx::astype(mx::random::normal(shape, mx::float32, 0.f, 1.f, mx::random::key(++seed), s), mx::bfloat16, s);
+  };
+  auto same = [&](const mx::array& a, const mx::array& b) { return mx::array_equal(a, b, true, s).item<bool>(); };
+  // (M, N, K): remainders in M (rows of 4), N (8) and K (8) and none.
+  const int dims[][3] = {{1, 40, 64}, {3, 19, 203}, {6, 64, 128}, {1, 8, 13}, {9, 33, 96}};
+  for (auto& d : dims) {
+    const int M = d[0], N = d[1], K = d[2];
+    auto x = rnd({M, K});
+    auto w = rnd({N, K});
+    auto c = rnd({1, N});
+    auto wt = mx::transpose(w, {1, 0}, s);
+    mx::eval({x, w, c, wt});
+    if (!same(make_linear(x, {wt}, N, 0, 0, s), mx::matmul(x, wt, s)))
+      return "dense " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
+    if (!same(make_linear(x, {wt, c}, N, 0, 0, s), mx::addmm(c, x, wt, 1.f, 1.f, s)))
+      return "dense with bias " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
+  }
+  const int qdims[][5] = {{1, 24, 256, 4, 64}, {5, 19, 128, 4, 32}, {2, 16, 256, 8, 128}, {4, 9, 64, 8, 32}, {1, 8, 384, 4, 128}};
+  for (auto& d : qdims) {
+    const int M = d[0], N = d[1], K = d[2], bits = d[3], gs = d[4];
+    auto x = rnd({M, K});
+    auto q = mx::quantize(rnd({N, K}), gs, bits, "affine", std::nullopt, s);
+    mx::eval({x, q[0], q[1], q[2]});
+    auto ref = mx::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine", s);
+    if (!same(make_linear(x, {q[0], q[1], q[2]}, N, bits, gs, s), ref))
+      return std::to_string(bits) + "-bit " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K) +
+             " group " + std::to_string(gs);
+  }
+  return "";
+}
+
+// "" when the kernels are in use, else why not. Decided once per process.
+const std::string& kernels_off_reason() {
+  static const std::string reason = []() -> std::string {
+    const char* env = std::getenv("CIDER_CPU_KERNELS");
+    if (env && std::string(env) == "0") return "turned off by CIDER_CPU_KERNELS=0";
+#ifdef CIDER_X86_KERNELS
+    if (!__builtin_cpu_supports("avx2")) return "this CPU has no AVX2";
+    try {
+      std::string diff = self_check();
+      if (!diff.empty()) return "results differ from MLX's (" + diff + "); this MLX build computes differently";
+    } catch (const std::exception& e) {
+      return std::string("self-check failed: ") + e.what();
+    }
+    return "";
+#else
+    return "not built for this CPU architecture";
+#endif
+  }();
+  return reason;
+}
+
+// Cleared by cpu_kernels_enable(false): MLX's own ops are used instead
+// (for comparisons; results are the same bits either way).
+std::atomic<bool> kernels_wanted{true};
+
+bool on_cpu(const mx::StreamOrDevice& sd) {
+  return mx::to_stream(sd).device == mx::Device::cpu;
+}
+
+}  // namespace
+
+void cpu_kernels_enable(bool on) { kernels_wanted = on; }
+
+rust::String cpu_kernels_status() {
+  const std::string& r = kernels_off_reason();
+  return rust::String(r.empty() ? std::string("on") : "off: " + r);
+}
+
+std::optional<mx::array> try_cpu_linear(const mx::array& x, const mx::array& wt, const std::optional<mx::array>& c,
+                                        mx::StreamOrDevice sd) {
+  // wt: an evaluated [K, N] transposed view of a row-major [N, K] bf16 weight.
+  if (x.dtype() != mx::bfloat16 || wt.dtype() != mx::bfloat16 || wt.ndim() != 2 || x.ndim() < 1 || x.size() == 0 ||
+      x.shape(-1) != wt.shape(0) || !wt.is_available() || !wt.flags().col_contiguous || !on_cpu(sd))
+    return std::nullopt;
+  const int N = wt.shape(1);
+  if (c && !(c->dtype() == mx::bfloat16 && c->is_available() && c->flags().row_contiguous && int(c->size()) == N &&
+             (c->ndim() == 1 || (c->ndim() == 2 && c->shape(0) == 1))))
+    return std::nullopt;
+  if (!kernels_wanted || !kernels_off_reason().empty()) return std::nullopt;
+  std::vector<mx::array> rest{wt};
+  if (c) rest.push_back(*c);
+  return make_linear(x, rest, N, 0, 0, mx::to_stream(sd));
+}
+
+std::optional<mx::array> try_cpu_qlinear(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                         const mx::array& biases, int group_size, int bits, mx::StreamOrDevice sd) {
+  if (x.dtype() != mx::bfloat16 || scales.dtype() != mx::bfloat16 || biases.dtype() != mx::bfloat16 ||
+      w.dtype() != mx::uint32 || (bits != 4 && bits != 8) || group_size % (32 / bits) != 0 || w.ndim() != 2 ||
+      scales.ndim() != 2 || x.ndim() < 1 || x.size() == 0 || !on_cpu(sd))
+    return std::nullopt;
+  const int K = x.shape(-1), N = w.shape(0);
+  if (K % group_size != 0 || w.shape(1) != K * bits / 32 || scales.shape(0) != N || scales.shape(1) != K / group_size ||
+      biases.shape() != scales.shape())
+    return std::nullopt;
+  for (auto* a : {&w, &scales, &biases})
+    if (!a->is_available() || !a->flags().row_contiguous) return std::nullopt;
+  if (!kernels_wanted || !kernels_off_reason().empty()) return std::nullopt;
+  return make_linear(x, {w, scales, biases}, N, bits, group_size, mx::to_stream(sd));
+}
+
+}  // namespace cider

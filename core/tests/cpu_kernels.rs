@@ -1,0 +1,61 @@
+//! cider's CPU kernels for bf16 projections (core/cpp/cpu_linear.cc) must
+//! give exactly MLX's bits: whole models, dense (with and without biases)
+//! and 4/8-bit quantized, prompt passes and decode steps, kernels on and off.
+//! One test function: the on/off switch is process-wide.
+mod common;
+
+use common::*;
+use cider_core::mlx::{self, Array, Dtype};
+use cider_core::{LoadOptions, Model};
+
+fn run(m: &Model) -> (Vec<Vec<u32>>, Vec<String>) {
+    let mut caches = m.net.make_caches();
+    let ids: Vec<i32> = vec![0, 3, 4, 5, 6, 3, 7, 13, 14, 40, 41];
+    let first = m.forward(&Array::from_i32(&ids, &[1, ids.len() as i32]).unwrap(), &mut caches).unwrap();
+    let census = mlx::graph_census(&[&first]);
+    let mut out = vec![first];
+    for t in [9, 21] {
+        out.push(m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap());
+    }
+    let bits = out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
+    (bits, census)
+}
+
+#[test]
+fn kernels_match_mlx_bit_for_bit() {
+    mlx::device::set_gpu(false).unwrap();
+    let status = mlx::cpu_kernels_status();
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::env::var("CIDER_CPU_KERNELS").as_deref() != Ok("0") {
+        // Off here would mean the self-check found this MLX computing differently.
+        assert_eq!(status, "on");
+    }
+    if status != "on" {
+        eprintln!("skipped: cider's CPU kernels are {status}");
+        return;
+    }
+    let kinds: [(Option<(i32, i32)>, bool, usize); 5] =
+        [(None, false, 1), (None, true, 2), (Some((4, 64)), false, 1), (Some((4, 32)), true, 3), (Some((8, 64)), false, 2)];
+    for (i, (quant, bias, threads)) in kinds.into_iter().enumerate() {
+        let dir = tmpdir(&format!("kernels-{i}"));
+        // Dense: 204-wide inputs and 340-row q/k/v, 300-wide MLP: remainders
+        // (not multiples of 8) in rows and depth. Quantized sizes must be
+        // whole groups (the kernels' self-check covers their remainders).
+        let (hidden, inter) = if quant.is_some() { (192, 320) } else { (204, 300) };
+        write_model(&dir, &Spec { hidden, inter, heads: 6, kv_heads: 2, dtype: Dtype::BF16, quant, bias, ..Default::default() });
+        let opts = LoadOptions { cpu_threads: Some(threads), ..Default::default() };
+        let m = Model::load_with(&dir, &opts, &mut |_| true).unwrap();
+        mlx::set_cpu_kernels(true);
+        let (ours, census) = run(&m);
+        let name = if quant.is_some() { "CiderQuantizedLinear" } else { "CiderLinear" };
+        assert!(census.iter().any(|p| p == name), "kernels not used: {census:?}");
+        mlx::set_cpu_kernels(false);
+        let (theirs, census) = run(&m);
+        mlx::set_cpu_kernels(true);
+        assert!(!census.iter().any(|p| p.starts_with("Cider")), "kernels used while off");
+        for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
+            assert_eq!(diff, 0, "{quant:?} bias {bias}: {diff} logits differ from MLX's at step {step}");
+        }
+    }
+}
