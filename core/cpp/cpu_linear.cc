@@ -113,48 +113,89 @@ AVX2 inline void transpose8(__m256 r[8]) {
 // used for this many rows. Keeps 8 tile + 4 accumulator registers live.
 constexpr int MB = 4;
 
+// Loads w[0 .. 8, k .. k + 8] (rows K apart) as t[kk] = w[0 .. 8, k + kk].
+AVX2 inline void load_tile(const uint16_t* w, size_t K, int k, __m256 t[8]) {
+  for (int i = 0; i < 8; i++) t[i] = load_bf16x8(w + i * K + k);
+  transpose8(t);
+}
+
+// w[0 .. 8, k] as one vector (the depth remainder, k past the last tile).
+AVX2 inline __m256 load_column(const uint16_t* w, size_t K, int k) {
+  alignas(32) float col[8];
+  for (int i = 0; i < 8; i++) col[i] = bf2f(w[i * K + k]);
+  return _mm256_load_ps(col);
+}
+
+// Rounds, adds the bias first if any, and stores 8 outputs.
+AVX2 inline void finish8(__m256 acc, const uint16_t* c, uint16_t* out) {
+  if (c) acc = _mm256_add_ps(acc, load_bf16x8(c));
+  store_bf16x8(out, round_bf16(acc));
+}
+
+// Outputs n0 .. n0 + 8 of `mb` (<= MB) rows: one tile load serves every row,
+// and the rows' accumulation chains are independent.
+AVX2 void dense_rows(const float* xf, int mb, const uint16_t* wb, const uint16_t* c, uint16_t* out, int N, int K) {
+  const int K8 = K - K % 8;
+  __m256 acc[MB];
+  for (int r = 0; r < MB; r++) acc[r] = _mm256_setzero_ps();
+  for (int k = 0; k < K8; k += 8) {
+    __m256 t[8];
+    load_tile(wb, K, k, t);
+    for (int r = 0; r < mb; r++) {
+      const float* xr = xf + size_t(r) * K + k;
+      __m256 a = acc[r];
+      for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + kk), t[kk]));
+      acc[r] = a;
+    }
+  }
+  for (int k = K8; k < K; k++) {
+    __m256 tv = load_column(wb, K, k);
+    for (int r = 0; r < mb; r++) acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), tv));
+  }
+  for (int r = 0; r < mb; r++) finish8(acc[r], c, out + size_t(r) * N);
+}
+
+// One row of x (a decode step), outputs n0 .. n0 + 32: four blocks of 8
+// with independent chains, so one block's adds overlap another's (a single
+// chain waits on the add latency at every step).
+AVX2 void dense_row_x4(const float* xr, const uint16_t* wb, const uint16_t* c, uint16_t* out, int K) {
+  const int K8 = K - K % 8;
+  __m256 acc[4];
+  for (int b = 0; b < 4; b++) acc[b] = _mm256_setzero_ps();
+  for (int k = 0; k < K8; k += 8) {
+    for (int b = 0; b < 4; b++) {
+      __m256 t[8];
+      load_tile(wb + size_t(b) * 8 * K, K, k, t);
+      __m256 a = acc[b];
+      for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + k + kk), t[kk]));
+      acc[b] = a;
+    }
+  }
+  for (int k = K8; k < K; k++)
+    for (int b = 0; b < 4; b++)
+      acc[b] = _mm256_add_ps(acc[b], _mm256_mul_ps(_mm256_broadcast_ss(xr + k), load_column(wb + size_t(b) * 8 * K, K, k)));
+  for (int b = 0; b < 4; b++) finish8(acc[b], c ? c + 8 * b : nullptr, out + 8 * b);
+}
+
 // out[M, N] = bf16(x[M, K] @ w[N, K].T (+ c[N])), 8 rows of w per lane group.
 AVX2 void dense_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
-  const int K8 = K - K % 8, N8 = N - N % 8;
+  const int N8 = N - N % 8;
   std::vector<float> xf(size_t(MB) * K);
   for (int m0 = 0; m0 < M; m0 += MB) {
     const int mb = std::min(MB, M - m0);
     for (int r = 0; r < mb; r++)
       for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = bf2f(x[size_t(m0 + r) * K + k]);
-    for (int n0 = 0; n0 < N8; n0 += 8) {
-      const uint16_t* wb = w + size_t(n0) * K;
-      __m256 acc[MB];
-      for (int r = 0; r < MB; r++) acc[r] = _mm256_setzero_ps();
-      for (int k = 0; k < K8; k += 8) {
-        __m256 t[8];
-        for (int i = 0; i < 8; i++) t[i] = load_bf16x8(wb + size_t(i) * K + k);
-        transpose8(t);  // t[kk] = w[n0 .. n0 + 8, k + kk]
-        for (int r = 0; r < mb; r++) {
-          const float* xr = &xf[size_t(r) * K + k];
-          __m256 a = acc[r];
-          for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + kk), t[kk]));
-          acc[r] = a;
-        }
-      }
-      for (int k = K8; k < K; k++) {
-        alignas(32) float col[8];
-        for (int i = 0; i < 8; i++) col[i] = bf2f(wb[size_t(i) * K + k]);
-        __m256 tv = _mm256_load_ps(col);
-        for (int r = 0; r < mb; r++)
-          acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_broadcast_ss(&xf[size_t(r) * K + k]), tv));
-      }
-      for (int r = 0; r < mb; r++) {
-        __m256 v = acc[r];
-        if (c) v = _mm256_add_ps(v, load_bf16x8(c + n0));
-        store_bf16x8(out + size_t(m0 + r) * N + n0, round_bf16(v));
-      }
-    }
+    uint16_t* o = out + size_t(m0) * N;
+    int n0 = 0;
+    if (mb == 1)
+      for (; n0 + 32 <= N8; n0 += 32) dense_row_x4(xf.data(), w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, K);
+    for (; n0 < N8; n0 += 8) dense_rows(xf.data(), mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
     for (int n = N8; n < N; n++) {
       for (int r = 0; r < mb; r++) {
         float acc = 0.f;
         for (int k = 0; k < K; k++) acc += xf[size_t(r) * K + k] * bf2f(w[size_t(n) * K + k]);
         if (c) acc += bf2f(c[n]);
-        out[size_t(m0 + r) * N + n] = f2bf(acc);
+        o[size_t(r) * N + n] = f2bf(acc);
       }
     }
   }
