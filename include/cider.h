@@ -216,6 +216,14 @@ typedef struct cider_load_options {
      * are slow) and uses more memory.
      */
     const char *compute_dtype;
+    /**
+     * CPU streams each projection is split over when the model runs on the
+     * CPU (MLX runs one stream on one core; results stay bit-identical).
+     * 0 (the default): the CIDER_CPU_THREADS environment variable, else one
+     * per core, at most 8. 1: everything on MLX's one default stream, as
+     * mlx-lm runs. Ignored on a GPU.
+     */
+    int32_t cpu_threads;
 } cider_load_options;
 
 /**
