@@ -5,20 +5,11 @@
 mod common;
 
 use common::*;
-use cider_core::mlx::{self, Array, Dtype};
+use cider_core::mlx::{self, Dtype};
 use cider_core::{LoadOptions, Model};
 
 fn run(m: &Model) -> (Vec<Vec<u32>>, Vec<String>) {
-    let mut caches = m.net.make_caches();
-    let ids: Vec<i32> = vec![0, 3, 4, 5, 6, 3, 7, 13, 14, 40, 41];
-    let first = m.forward(&Array::from_i32(&ids, &[1, ids.len() as i32]).unwrap(), &mut caches).unwrap();
-    let census = mlx::graph_census(&[&first]);
-    let mut out = vec![first];
-    for t in [9, 21] {
-        out.push(m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap());
-    }
-    let bits = out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
-    (bits, census)
+    logit_bits(m, &[0, 3, 4, 5, 6, 3, 7, 13, 14, 40, 41], &[9, 21])
 }
 
 #[test]

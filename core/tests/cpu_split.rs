@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use cider_core::mlx::{self, Array, Dtype};
+use cider_core::mlx::{self, Dtype};
 use cider_core::{ErrorKind, LoadOptions, Model};
 
 fn load(dir: &std::path::Path, threads: usize) -> Model {
@@ -12,20 +12,11 @@ fn load(dir: &std::path::Path, threads: usize) -> Model {
     Model::load_with(dir, &opts, &mut |_| true).unwrap()
 }
 
-/// Logits (as f32 bits) of a 9-token prompt pass and then three one-token
-/// steps, and how many joins (of split outputs, and the model's own) the
-/// prompt pass's graph has.
+/// Logits of a 9-token prompt pass and three decode steps, and how many
+/// joins (of split outputs, and the model's own) the prompt pass has.
 fn logits(m: &Model) -> (Vec<Vec<u32>>, usize) {
-    let mut caches = m.net.make_caches();
-    let ids: Vec<i32> = vec![0, 3, 4, 5, 6, 3, 7, 13, 14];
-    let first = m.forward(&Array::from_i32(&ids, &[1, ids.len() as i32]).unwrap(), &mut caches).unwrap();
-    let joins = mlx::graph_census(&[&first]).iter().filter(|p| p.as_str() == "Concatenate").count();
-    let mut out = vec![first];
-    for t in [9, 21, 33] {
-        out.push(m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap());
-    }
-    let bits = out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
-    (bits, joins)
+    let (bits, census) = logit_bits(m, &[0, 3, 4, 5, 6, 3, 7, 13, 14], &[9, 21, 33]);
+    (bits, census.iter().filter(|p| p.as_str() == "Concatenate").count())
 }
 
 #[test]

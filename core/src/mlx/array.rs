@@ -410,20 +410,8 @@ impl Array {
         wrap(ffi::cumsum_axis(&self.inner, axis, reverse, inclusive))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn quantized_matmul(
-        x: &Array,
-        w: &Array,
-        scales: &Array,
-        biases: Option<&Array>,
-        transpose: bool,
-        group_size: i32,
-        bits: i32,
-        mode: &str,
-    ) -> Result<Array> {
-        Self::quantized_matmul_on(x, w, scales, biases, transpose, group_size, bits, mode, 0)
-    }
-    /// `quantized_matmul` run on CPU worker stream `worker`.
+    /// `x @ dequantize(w)` (`.T` with `transpose`), run on CPU worker stream
+    /// `worker` (0: the default stream; see `cpu_workers`).
     #[allow(clippy::too_many_arguments)]
     pub fn quantized_matmul_on(
         x: &Array,

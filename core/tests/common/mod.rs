@@ -146,3 +146,18 @@ pub fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     f(&mut v);
     std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
 }
+
+/// Logits (as f32 bits) of a prompt pass over `prompt` and then one-token
+/// steps over `steps`, and the MLX primitives of the prompt pass's graph:
+/// for tests that demand two ways of computing give exactly the same bits.
+pub fn logit_bits(m: &cider_core::Model, prompt: &[i32], steps: &[i32]) -> (Vec<Vec<u32>>, Vec<String>) {
+    let mut caches = m.net.make_caches();
+    let first = m.forward(&Array::from_i32(prompt, &[1, prompt.len() as i32]).unwrap(), &mut caches).unwrap();
+    let census = cider_core::mlx::graph_census(&[&first]);
+    let mut out = vec![first];
+    for &t in steps {
+        out.push(m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap());
+    }
+    let bits = out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
+    (bits, census)
+}
