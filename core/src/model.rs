@@ -135,7 +135,10 @@ impl Model {
         weights.finish()?;
         let threads = cpu_threads(opts.cpu_threads)?;
         if !mlx::device::is_gpu() && threads > 1 {
-            net.split_linears(mlx::cpu_workers(threads)?)?;
+            // The streams are shared by every model of the process (an
+            // earlier load may have made more); this model uses `threads`.
+            mlx::cpu_workers(threads)?;
+            net.split_linears(threads)?;
         }
         cancel(progress, 0.1)?;
         // Evaluate the weights layer by layer so progress can be reported and
