@@ -256,7 +256,7 @@ def main(argv=None) -> int:
                    help="one unmeasured process per engine before the rounds (auto: on the GPU)")
     p.add_argument("--json", default=None, help="write all results here")
     p.add_argument("--cider-f32", default="auto", choices=["auto", "yes", "no"],
-                   help="also run cider with --compute-dtype float32 (engine cider-f32; much faster on CPU, not "
+                   help="also run cider with --compute-dtype float32 (engine cider-f32; not "
                         "bit-identical to mlx-lm; auto: on the CPU)")
     a = p.parse_args(argv)
     if a.worker:

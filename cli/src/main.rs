@@ -90,7 +90,7 @@ struct GenerateArgs {
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
     /// Compute dtype: "checkpoint" (default; bit-identical to mlx-lm) or a float type
-    /// to compute in (weights converted at load; float32 is much faster on CPUs).
+    /// to compute in (weights converted at load; not bit-identical to mlx-lm; see README).
     #[arg(long, default_value = "checkpoint")]
     compute_dtype: String,
     /// CPU streams to split each projection over when running on the CPU (results

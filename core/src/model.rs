@@ -39,9 +39,12 @@ pub struct LoadOptions {
     /// load; quantization scales and biases only where that does not widen
     /// them (MLX converts them to the activations' dtype per call); the KV
     /// cache keeps the checkpoint's dtype when that is narrower.
-    /// `Some(F32)` is much faster on CPUs, whose MLX kernels for bf16/f16 are
-    /// slow, at the cost of bit-parity with mlx-lm (which computes in the
-    /// checkpoint's dtype). None keeps the checkpoint's dtypes.
+    /// `Some(F32)` gives up bit-parity with mlx-lm (which computes in the
+    /// checkpoint's dtype). It was the fast path on CPUs before cider's own
+    /// CPU kernels (core/cpp/cpu_linear.cc); on x86-64 with AVX2 the default
+    /// is now faster for bf16 and 4-bit checkpoints, and f16 checkpoints
+    /// still run MLX's slow half-precision kernels. None keeps the
+    /// checkpoint's dtypes.
     pub compute_dtype: Option<crate::mlx::Dtype>,
     /// CPU streams a model loaded on the CPU runs its projections on (each
     /// cut by output rows, see `Linear::split_rows`; results stay

@@ -50,8 +50,9 @@ pub struct cider_load_options {
     /// checkpoint's dtypes, bit-identical to mlx-lm; "float32" (or "float16",
     /// "bfloat16") computes in that dtype: float weights and norms are
     /// converted once at load, quantization scales only where that does not
-    /// widen them. float32 is much faster on CPUs (MLX's bf16 CPU kernels
-    /// are slow) and uses more memory.
+    /// widen them. Not bit-identical to mlx-lm, and uses more memory; on
+    /// x86-64 CPUs with AVX2 the default is the faster one for bf16 and
+    /// 4-bit checkpoints (cider's own CPU kernels).
     pub compute_dtype: *const c_char,
     /// CPU streams each projection is split over when the model runs on the
     /// CPU (MLX runs one stream on one core; results stay bit-identical).

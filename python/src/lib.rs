@@ -804,8 +804,8 @@ impl Model {
 /// and may return False to cancel (CancelledError). Ctrl-C also cancels.
 /// `compute_dtype` ("float32", "float16", "bfloat16"; None = the checkpoint's)
 /// computes in that dtype (weights converted once at load; quantization
-/// scales kept as stored): float32 is much faster on CPUs, but not
-/// bit-identical to mlx-lm. `cpu_threads`: CPU streams each projection is
+/// scales kept as stored), not bit-identical to mlx-lm; on x86-64 CPUs with
+/// AVX2 the default is now the faster one for bf16 and 4-bit checkpoints. `cpu_threads`: CPU streams each projection is
 /// split over on the CPU (results stay bit-identical); None = the
 /// CIDER_CPU_THREADS environment variable, else one per core (at most 8).
 #[pyfunction]
