@@ -211,13 +211,13 @@ AVX2 void quant_bf16(const uint16_t* x, const uint32_t* w, const uint16_t* scale
   constexpr uint32_t MASK = (1u << BITS) - 1;
   const int KW = K / PF, G = K / gs, WPG = gs / PF, N8 = N - N % 8;
   std::vector<float> xf(size_t(MB) * K);
-  const __m256i rows = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  // Offsets of the 8 rows' packed words, for gathering one word per row.
+  const __m256i widx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(KW));
   for (int m0 = 0; m0 < M; m0 += MB) {
     const int mb = std::min(MB, M - m0);
     for (int r = 0; r < mb; r++)
       for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = bf2f(x[size_t(m0 + r) * K + k]);
     for (int n0 = 0; n0 < N8; n0 += 8) {
-      const __m256i widx = _mm256_mullo_epi32(rows, _mm256_set1_epi32(KW));
       const int* wb = reinterpret_cast<const int*>(w + size_t(n0) * KW);
       __m256 sum[MB];
       for (int r = 0; r < MB; r++) sum[r] = _mm256_setzero_ps();

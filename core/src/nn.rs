@@ -87,14 +87,16 @@ impl Linear {
     /// MLX's CPU backend runs one stream's kernels on one thread; the parts
     /// run at once on as many cores. Each output element is still the dot
     /// product of the same weight row with the same input, computed by the
-    /// same kernel, so results are bit-identical to the whole layer (checked
-    /// against mlx-lm by the parity tests). The parts are views of the
-    /// weights: no memory of their own. A layer too small for two aligned
-    /// parts stays whole.
+    /// same kernel, so results are bit-identical to the whole layer
+    /// (core/tests/cpu_split.rs). The parts are views of the weights: no
+    /// memory of their own. A layer too small for two aligned parts stays
+    /// whole.
     pub fn split_rows(&mut self, workers: usize) -> Result<()> {
         let rows = self.out_dim();
-        let a = SPLIT_ALIGN;
-        let per = ((rows + workers.max(1) as i32 - 1) / workers.max(1) as i32 + a - 1) / a * a;
+        // Rows per part: an even share, rounded up to a multiple of SPLIT_ALIGN.
+        let w = workers.max(1) as i32;
+        let share = (rows + w - 1) / w;
+        let per = (share + SPLIT_ALIGN - 1) / SPLIT_ALIGN * SPLIT_ALIGN;
         let mut parts = Vec::new();
         if workers >= 2 && per < rows {
             let mut lo = 0;
@@ -133,13 +135,7 @@ impl Linear {
     pub fn fuse(parts: Vec<Linear>) -> std::result::Result<Linear, Vec<Linear>> {
         // Weights stack along their output rows (axis 0), bias rows along
         // their last axis.
-        fn cat(arrays: &[&Array], axis: i32) -> Result<Array> {
-            let mut out = arrays[0].clone();
-            for a in &arrays[1..] {
-                out = Array::concatenate(&out, a, axis)?;
-            }
-            Ok(out)
-        }
+        let cat = Array::concatenate_all;
         if parts.len() < 2 {
             return Err(parts);
         }
