@@ -1,27 +1,30 @@
-// cider's own CPU kernels for the projections of bf16 models: x @ W.T,
+// cider's own CPU kernels for the projections of bf16 and f16 models: x @ W.T,
 // bias + x @ W.T, and affine 4/8-bit quantized x @ W.T.
 //
-// Why: on Linux x86-64, MLX's CPU kernels for bf16 run one multiply-add at a
-// time (its SIMD width there is 1), and its quantized kernel emulates bf16 in
-// software for every operation. These kernels do exactly the same
-// floating-point operations per output element, in the same order, with the
-// same roundings, but compute 8 output elements at once with AVX2 (one per
-// SIMD lane). Results are therefore bit-identical to MLX's (and to mlx-lm's).
-// That is not assumed: the first use runs a self-check against MLX's own ops
-// on shapes that exercise every edge (row and depth remainders, bias, 4 and 8
-// bits, group sizes 32/64/128) and turns the kernels off if one bit differs.
+// Why: on Linux x86-64, MLX's CPU kernels for bf16 and f16 run one
+// multiply-add at a time (its SIMD width there is 1), and its quantized kernel
+// emulates the 16-bit type in software for every operation. These kernels do
+// exactly the same floating-point operations per output element, in the same
+// order, with the same roundings, but compute 8 output elements at once with
+// AVX2 (one per SIMD lane). Results are therefore bit-identical to MLX's (and
+// to mlx-lm's). That is not assumed: the first use runs a self-check per type
+// against MLX's own ops on shapes that exercise every edge (row and depth
+// remainders, bias, 4 and 8 bits, group sizes 32/64/128) and turns the
+// kernels off for that type if one bit differs.
 //
-// The per-element arithmetic being reproduced (mlx/backend/cpu):
-// - dense (simd_gemm<bfloat16_t, float> with SIMD width 1): acc = 0.f; for k
-//   in order: acc += float(x[k]) * float(w[k]); out = bf16(acc), or with a bias
-//   bf16(acc + float(c)). A product of two bf16 values is exact in float, so
-//   fused or separate multiply-add give the same result.
-// - quantized (_qmm_t<bfloat16_t>): every operation is a bf16 operation, i.e.
-//   computed in float and rounded to bf16 (nearest even, NaN -> 0x7FC0):
-//   sum = bf16(sum + bf16(x * bf16(bf16(scale * q) + bias))).
+// The per-element arithmetic being reproduced (mlx/backend/cpu), T = bf16 or
+// f16:
+// - dense (simd_gemm<T, float> with SIMD width 1): acc = 0.f; for k in
+//   order: acc += float(x[k]) * float(w[k]); out = T(acc), or with a bias
+//   T(acc + float(c)). A product of two bf16 or two f16 values is exact in
+//   float, so fused or separate multiply-add give the same result.
+// - quantized (_qmm_t<T>): every operation is a T operation, i.e. computed
+//   in float and rounded to T (nearest even; MLX's NaNs: bf16 0x7FC0, f16
+//   sign | 0x7D00): sum = T(sum + T(x * T(T(scale * q) + bias))).
 #include "cider-core/cpp/shim.h"
 
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -60,10 +63,10 @@ inline uint16_t f2bf(float f) {
   u += ((u >> 16) & 1) + 0x7FFFu;
   return uint16_t(u >> 16);
 }
-inline float rbf(float f) { return bf2f(f2bf(f)); }
 
 #ifdef CIDER_X86_KERNELS
-#define AVX2 __attribute__((target("avx2")))
+// F16C gives exact f16 <-> f32 conversions (every AVX2 CPU has it; checked).
+#define AVX2 __attribute__((target("avx2,f16c")))
 
 // Rounds each lane to the nearest bf16 value (ties to even; NaN -> MLX's NaN).
 AVX2 inline __m256 round_bf16(__m256 v) {
@@ -75,18 +78,53 @@ AVX2 inline __m256 round_bf16(__m256 v) {
   return _mm256_blendv_ps(_mm256_castsi256_ps(u), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), nan);
 }
 
-// 8 bf16 values (16 bytes) to 8 floats.
-AVX2 inline __m256 load_bf16x8(const uint16_t* p) {
-  __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
-}
+// The two 16-bit float types: how 8 of them load to floats, how a float
+// vector is rounded to values of the type (computed in float, rounded after
+// every operation, as MLX's software types do), and how rounded values store.
+struct BF16 {
+  static float to_f(uint16_t b) { return bf2f(b); }
+  static uint16_t from_f(float f) { return f2bf(f); }
+  AVX2 static __m256 load8(const uint16_t* p) {
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+  }
+  AVX2 static __m256 round(__m256 v) { return round_bf16(v); }
+  // v already rounded: the high halves are the bf16 values.
+  AVX2 static void store8(uint16_t* p, __m256 v) {
+    __m256i u = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
+    __m128i lo = _mm256_castsi256_si128(u), hi = _mm256_extracti128_si256(u, 1);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(lo, hi));
+  }
+};
 
-// Stores 8 floats already rounded to bf16 values as 8 bf16.
-AVX2 inline void store_bf16x8(uint16_t* p, __m256 v) {
-  __m256i u = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
-  __m128i lo = _mm256_castsi256_si128(u), hi = _mm256_extracti128_si256(u, 1);
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(lo, hi));
-}
+struct F16 {
+  // MLX's _MLX_Float16 rounds to nearest even with subnormals and overflow
+  // to infinity, as F16C does; only its NaN differs (sign | 0x7D00).
+  AVX2 static float to_f(uint16_t h) { return _cvtsh_ss(h); }
+  AVX2 static uint16_t from_f(float f) {
+    if (f != f) return uint16_t((std::signbit(f) ? 0x8000 : 0) | 0x7D00);
+    return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
+  AVX2 static __m256 load8(const uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
+  // A NaN stays a NaN; its bits are settled by store8.
+  AVX2 static __m256 round(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
+  AVX2 static void store8(uint16_t* p, __m256 v) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (int nan = _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q))) {
+      alignas(32) float f[8];
+      _mm256_store_ps(f, v);
+      for (int i = 0; i < 8; i++)
+        if (nan >> i & 1) p[i] = from_f(f[i]);
+    }
+  }
+};
+
+template <class H>
+AVX2 inline float round1(float f) { return H::to_f(H::from_f(f)); }
 
 // In-register transpose of an 8x8 float tile: r[i] holds row i on entry and
 // column i on exit.
@@ -114,33 +152,37 @@ AVX2 inline void transpose8(__m256 r[8]) {
 constexpr int MB = 4;
 
 // Loads w[0 .. 8, k .. k + 8] (rows K apart) as t[kk] = w[0 .. 8, k + kk].
+template <class H>
 AVX2 inline void load_tile(const uint16_t* w, size_t K, int k, __m256 t[8]) {
-  for (int i = 0; i < 8; i++) t[i] = load_bf16x8(w + i * K + k);
+  for (int i = 0; i < 8; i++) t[i] = H::load8(w + i * K + k);
   transpose8(t);
 }
 
 // w[0 .. 8, k] as one vector (the depth remainder, k past the last tile).
+template <class H>
 AVX2 inline __m256 load_column(const uint16_t* w, size_t K, int k) {
   alignas(32) float col[8];
-  for (int i = 0; i < 8; i++) col[i] = bf2f(w[i * K + k]);
+  for (int i = 0; i < 8; i++) col[i] = H::to_f(w[i * K + k]);
   return _mm256_load_ps(col);
 }
 
 // Rounds, adds the bias first if any, and stores 8 outputs.
+template <class H>
 AVX2 inline void finish8(__m256 acc, const uint16_t* c, uint16_t* out) {
-  if (c) acc = _mm256_add_ps(acc, load_bf16x8(c));
-  store_bf16x8(out, round_bf16(acc));
+  if (c) acc = _mm256_add_ps(acc, H::load8(c));
+  H::store8(out, H::round(acc));
 }
 
 // Outputs n0 .. n0 + 8 of `mb` (<= MB) rows: one tile load serves every row,
 // and the rows' accumulation chains are independent.
+template <class H>
 AVX2 void dense_rows(const float* xf, int mb, const uint16_t* wb, const uint16_t* c, uint16_t* out, int N, int K) {
   const int K8 = K - K % 8;
   __m256 acc[MB];
   for (int r = 0; r < MB; r++) acc[r] = _mm256_setzero_ps();
   for (int k = 0; k < K8; k += 8) {
     __m256 t[8];
-    load_tile(wb, K, k, t);
+    load_tile<H>(wb, K, k, t);
     for (int r = 0; r < mb; r++) {
       const float* xr = xf + size_t(r) * K + k;
       __m256 a = acc[r];
@@ -149,15 +191,16 @@ AVX2 void dense_rows(const float* xf, int mb, const uint16_t* wb, const uint16_t
     }
   }
   for (int k = K8; k < K; k++) {
-    __m256 tv = load_column(wb, K, k);
+    __m256 tv = load_column<H>(wb, K, k);
     for (int r = 0; r < mb; r++) acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), tv));
   }
-  for (int r = 0; r < mb; r++) finish8(acc[r], c, out + size_t(r) * N);
+  for (int r = 0; r < mb; r++) finish8<H>(acc[r], c, out + size_t(r) * N);
 }
 
 // One row of x (a decode step), outputs n0 .. n0 + 32: four blocks of 8
 // with independent chains, so one block's adds overlap another's (a single
 // chain waits on the add latency at every step).
+template <class H>
 AVX2 void dense_row_x4(const float* xr, const uint16_t* wb, const uint16_t* c, uint16_t* out, int K) {
   const int K8 = K - K % 8;
   __m256 acc[4];
@@ -165,7 +208,7 @@ AVX2 void dense_row_x4(const float* xr, const uint16_t* wb, const uint16_t* c, u
   for (int k = 0; k < K8; k += 8) {
     for (int b = 0; b < 4; b++) {
       __m256 t[8];
-      load_tile(wb + size_t(b) * 8 * K, K, k, t);
+      load_tile<H>(wb + size_t(b) * 8 * K, K, k, t);
       __m256 a = acc[b];
       for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + k + kk), t[kk]));
       acc[b] = a;
@@ -173,101 +216,134 @@ AVX2 void dense_row_x4(const float* xr, const uint16_t* wb, const uint16_t* c, u
   }
   for (int k = K8; k < K; k++)
     for (int b = 0; b < 4; b++)
-      acc[b] = _mm256_add_ps(acc[b], _mm256_mul_ps(_mm256_broadcast_ss(xr + k), load_column(wb + size_t(b) * 8 * K, K, k)));
-  for (int b = 0; b < 4; b++) finish8(acc[b], c ? c + 8 * b : nullptr, out + 8 * b);
+      acc[b] = _mm256_add_ps(acc[b], _mm256_mul_ps(_mm256_broadcast_ss(xr + k), load_column<H>(wb + size_t(b) * 8 * K, K, k)));
+  for (int b = 0; b < 4; b++) finish8<H>(acc[b], c ? c + 8 * b : nullptr, out + 8 * b);
 }
 
-// out[M, N] = bf16(x[M, K] @ w[N, K].T (+ c[N])), 8 rows of w per lane group.
-AVX2 void dense_bf16(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
+// out[M, N] = x[M, K] @ w[N, K].T (+ c[N]) in H, 8 rows of w per lane group.
+template <class H>
+AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
   const int N8 = N - N % 8;
   std::vector<float> xf(size_t(MB) * K);
   for (int m0 = 0; m0 < M; m0 += MB) {
     const int mb = std::min(MB, M - m0);
     for (int r = 0; r < mb; r++)
-      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = bf2f(x[size_t(m0 + r) * K + k]);
+      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = H::to_f(x[size_t(m0 + r) * K + k]);
     uint16_t* o = out + size_t(m0) * N;
     int n0 = 0;
     if (mb == 1)
-      for (; n0 + 32 <= N8; n0 += 32) dense_row_x4(xf.data(), w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, K);
-    for (; n0 < N8; n0 += 8) dense_rows(xf.data(), mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
+      for (; n0 + 32 <= N8; n0 += 32) dense_row_x4<H>(xf.data(), w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, K);
+    for (; n0 < N8; n0 += 8) dense_rows<H>(xf.data(), mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
     for (int n = N8; n < N; n++) {
       for (int r = 0; r < mb; r++) {
         float acc = 0.f;
-        for (int k = 0; k < K; k++) acc += xf[size_t(r) * K + k] * bf2f(w[size_t(n) * K + k]);
-        if (c) acc += bf2f(c[n]);
-        o[size_t(r) * N + n] = f2bf(acc);
+        for (int k = 0; k < K; k++) acc += xf[size_t(r) * K + k] * H::to_f(w[size_t(n) * K + k]);
+        if (c) acc += H::to_f(c[n]);
+        o[size_t(r) * N + n] = H::from_f(acc);
       }
     }
   }
 }
 
-// out[M, N] = x[M, K] @ dequant(w).T for affine-quantized w ([N, K * bits / 32]
-// uint32 words, low bits first; scales and biases [N, K / gs]), in bf16
-// arithmetic as MLX's CPU kernel does it. 8 rows of w per lane group.
-template <int BITS>
-AVX2 void quant_bf16(const uint16_t* x, const uint32_t* w, const uint16_t* scales, const uint16_t* biases, uint16_t* out,
-                     int M, int N, int K, int gs) {
+// Outputs n0 .. n0 + 8 * NB of `mb` (<= R) rows of x (floats, rows K apart)
+// for affine-quantized w ([N, K * bits / 32] uint32 words, low bits first;
+// scales and biases [N, K / gs]), in H arithmetic as MLX's CPU kernel does
+// it. Every step of a sum is rounded, so each sum is a chain whose latency
+// sets the pace: several rows (prompt passes, R = MB) or several column
+// blocks (decode steps, NB = 4) give independent chains to overlap.
+template <class H, int BITS, int NB, int R>
+AVX2 void quant_cols(const float* xf, int mb, const uint32_t* w, const uint16_t* scales, const uint16_t* biases,
+                     uint16_t* out, int n0, int N, int K, int gs) {
   constexpr int PF = 32 / BITS;  // values per word
   constexpr uint32_t MASK = (1u << BITS) - 1;
-  const int KW = K / PF, G = K / gs, WPG = gs / PF, N8 = N - N % 8;
-  std::vector<float> xf(size_t(MB) * K);
-  // Offsets of the 8 rows' packed words, for gathering one word per row.
+  const int KW = K / PF, G = K / gs, WPG = gs / PF;
+  // Offsets of 8 rows' packed words, for gathering one word per row.
   const __m256i widx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(KW));
-  for (int m0 = 0; m0 < M; m0 += MB) {
-    const int mb = std::min(MB, M - m0);
-    for (int r = 0; r < mb; r++)
-      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = bf2f(x[size_t(m0 + r) * K + k]);
-    for (int n0 = 0; n0 < N8; n0 += 8) {
-      const int* wb = reinterpret_cast<const int*>(w + size_t(n0) * KW);
-      __m256 sum[MB];
-      for (int r = 0; r < MB; r++) sum[r] = _mm256_setzero_ps();
-      for (int g = 0; g < G; g++) {
-        // Scales and biases of this group for the 8 rows (16-bit values
-        // gathered as 32-bit words: the wanted half is the low one).
-        alignas(32) float sc[8], bi[8];
-        for (int i = 0; i < 8; i++) {
-          sc[i] = bf2f(scales[size_t(n0 + i) * G + g]);
-          bi[i] = bf2f(biases[size_t(n0 + i) * G + g]);
-        }
-        const __m256 scv = _mm256_load_ps(sc), biv = _mm256_load_ps(bi);
-        for (int j = 0; j < WPG; j++) {
-          const int word = g * WPG + j;
-          __m256i wv = _mm256_i32gather_epi32(wb + word, widx, 4);
-          for (int p = 0; p < PF; p++) {
-            __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(wv, _mm256_set1_epi32(int(MASK))));
-            wv = _mm256_srli_epi32(wv, BITS);
-            // bf16(bf16(scale * q) + bias): the same for every row of x.
-            __m256 wq = round_bf16(_mm256_add_ps(round_bf16(_mm256_mul_ps(scv, q)), biv));
-            const int k = word * PF + p;
-            for (int r = 0; r < mb; r++) {
-              __m256 t = round_bf16(_mm256_mul_ps(_mm256_broadcast_ss(&xf[size_t(r) * K + k]), wq));
-              sum[r] = round_bf16(_mm256_add_ps(sum[r], t));
-            }
+  __m256 sum[NB][R];
+  for (int b = 0; b < NB; b++)
+    for (int r = 0; r < R; r++) sum[b][r] = _mm256_setzero_ps();
+  for (int g = 0; g < G; g++) {
+    // Scales and biases of this group for the 8 * NB rows of w.
+    __m256 scv[NB], biv[NB];
+    for (int b = 0; b < NB; b++) {
+      alignas(32) float sc[8], bi[8];
+      for (int i = 0; i < 8; i++) {
+        sc[i] = H::to_f(scales[size_t(n0 + 8 * b + i) * G + g]);
+        bi[i] = H::to_f(biases[size_t(n0 + 8 * b + i) * G + g]);
+      }
+      scv[b] = _mm256_load_ps(sc), biv[b] = _mm256_load_ps(bi);
+    }
+    for (int j = 0; j < WPG; j++) {
+      const int word = g * WPG + j;
+      __m256i wv[NB];
+      for (int b = 0; b < NB; b++)
+        wv[b] = _mm256_i32gather_epi32(reinterpret_cast<const int*>(w + size_t(n0 + 8 * b) * KW + word), widx, 4);
+      for (int p = 0; p < PF; p++) {
+        const int k = word * PF + p;
+        for (int b = 0; b < NB; b++) {
+          __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(wv[b], _mm256_set1_epi32(int(MASK))));
+          wv[b] = _mm256_srli_epi32(wv[b], BITS);
+          // H(H(scale * q) + bias): the same for every row of x.
+          __m256 wq = H::round(_mm256_add_ps(H::round(_mm256_mul_ps(scv[b], q)), biv[b]));
+          for (int r = 0; r < (R == 1 ? 1 : mb); r++) {
+            __m256 t = H::round(_mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), wq));
+            sum[b][r] = H::round(_mm256_add_ps(sum[b][r], t));
           }
         }
       }
-      for (int r = 0; r < mb; r++) store_bf16x8(out + size_t(m0 + r) * N + n0, sum[r]);
     }
+  }
+  for (int b = 0; b < NB; b++)
+    for (int r = 0; r < mb; r++) H::store8(out + size_t(r) * N + n0 + 8 * b, sum[b][r]);
+}
+
+// out[M, N] = x[M, K] @ dequant(w).T for affine-quantized w (see quant_cols).
+template <class H, int BITS>
+AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, const uint16_t* biases, uint16_t* out,
+                int M, int N, int K, int gs) {
+  constexpr int PF = 32 / BITS;
+  constexpr uint32_t MASK = (1u << BITS) - 1;
+  const int KW = K / PF, G = K / gs, N8 = N - N % 8;
+  std::vector<float> xf(size_t(MB) * K);
+  for (int m0 = 0; m0 < M; m0 += MB) {
+    const int mb = std::min(MB, M - m0);
+    for (int r = 0; r < mb; r++)
+      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = H::to_f(x[size_t(m0 + r) * K + k]);
+    uint16_t* o = out + size_t(m0) * N;
+    int n0 = 0;
+    if (mb == 1)
+      for (; n0 + 32 <= N8; n0 += 32) quant_cols<H, BITS, 4, 1>(xf.data(), 1, w, scales, biases, o, n0, N, K, gs);
+    for (; n0 < N8; n0 += 8) quant_cols<H, BITS, 1, MB>(xf.data(), mb, w, scales, biases, o, n0, N, K, gs);
     for (int n = N8; n < N; n++) {
       for (int r = 0; r < mb; r++) {
         float sum = 0.f;
         for (int k = 0; k < K; k++) {
           uint32_t word = w[size_t(n) * KW + k / PF];
           float q = float((word >> (BITS * (k % PF))) & MASK);
-          float sc = bf2f(scales[size_t(n) * G + k / gs]), bi = bf2f(biases[size_t(n) * G + k / gs]);
-          float wq = rbf(rbf(sc * q) + bi);
-          sum = rbf(sum + rbf(xf[size_t(r) * K + k] * wq));
+          float sc = H::to_f(scales[size_t(n) * G + k / gs]), bi = H::to_f(biases[size_t(n) * G + k / gs]);
+          float wq = round1<H>(round1<H>(sc * q) + bi);
+          sum = round1<H>(sum + round1<H>(xf[size_t(r) * K + k] * wq));
         }
-        out[size_t(m0 + r) * N + n] = f2bf(sum);
+        o[size_t(r) * N + n] = H::from_f(sum);
       }
     }
   }
+}
+
+// One projection's kernel, picked by element type and bit width.
+template <class H>
+void run_kernel(int bits, const uint16_t* x, const void* w, const uint16_t* a, const uint16_t* b, uint16_t* o, int M,
+                int N, int K, int gs) {
+  if (bits == 0) dense<H>(x, static_cast<const uint16_t*>(w), a, o, M, N, K);
+  else if (bits == 4) quant<H, 4>(x, static_cast<const uint32_t*>(w), a, b, o, M, N, K, gs);
+  else quant<H, 8>(x, static_cast<const uint32_t*>(w), a, b, o, M, N, K, gs);
 }
 #endif  // CIDER_X86_KERNELS
 
 // One projection: inputs {x, w} (dense; w is the [K, N] transposed view of a
 // row-major [N, K] weight), {x, w, c} (dense with bias row c), or
-// {x, w, scales, biases} (quantized, bits_ > 0).
+// {x, w, scales, biases} (quantized, bits_ > 0). Output dtype: x's (bf16 or
+// f16, as are the weight, bias, scales and biases).
 class CpuLinear : public mx::UnaryPrimitive {
  public:
   CpuLinear(mx::Stream s, int bits, int group_size) : mx::UnaryPrimitive(s), bits_(bits), gs_(group_size) {}
@@ -288,23 +364,18 @@ class CpuLinear : public mx::UnaryPrimitive {
     const int M = K ? int(x.size() / K) : 0;
     auto* o = out.data<uint16_t>();
     auto* xp = x.data<uint16_t>();
+    const void* wp = w.data<void>();
+    // dense: a = bias row (or none); quantized: a = scales, b = biases
+    const uint16_t* ap = in.size() > 2 ? in[2].data<uint16_t>() : nullptr;
+    const uint16_t* bp = in.size() > 3 ? in[3].data<uint16_t>() : nullptr;
 #ifdef CIDER_X86_KERNELS
-    if (bits_ == 0) {
-      const uint16_t* wp = w.data<uint16_t>();
-      const uint16_t* cp = in.size() > 2 ? in[2].data<uint16_t>() : nullptr;
-      enc.dispatch([=]() { dense_bf16(xp, wp, cp, o, M, N, K); });
-    } else {
-      const uint32_t* wp = w.data<uint32_t>();
-      const uint16_t* sp = in[2].data<uint16_t>();
-      const uint16_t* bp = in[3].data<uint16_t>();
-      const int gs = gs_;
-      if (bits_ == 4)
-        enc.dispatch([=]() { quant_bf16<4>(xp, wp, sp, bp, o, M, N, K, gs); });
-      else
-        enc.dispatch([=]() { quant_bf16<8>(xp, wp, sp, bp, o, M, N, K, gs); });
-    }
+    const int bits = bits_, gs = gs_;
+    if (x.dtype() == mx::float16)
+      enc.dispatch([=]() { run_kernel<F16>(bits, xp, wp, ap, bp, o, M, N, K, gs); });
+    else
+      enc.dispatch([=]() { run_kernel<BF16>(bits, xp, wp, ap, bp, o, M, N, K, gs); });
 #else
-    (void)o, (void)xp, (void)M, (void)N;
+    (void)o, (void)xp, (void)wp, (void)ap, (void)bp, (void)M, (void)N;
     throw std::runtime_error("cider's CPU kernels are not built for this machine");
 #endif
   }
@@ -326,17 +397,18 @@ mx::array make_linear(const mx::array& x, std::vector<mx::array> rest, int N, in
   shape.back() = N;
   std::vector<mx::array> inputs{mx::contiguous(x, false, s)};
   for (auto& a : rest) inputs.push_back(std::move(a));
-  return mx::array(std::move(shape), mx::bfloat16, std::make_shared<CpuLinear>(s, bits, gs), std::move(inputs));
+  return mx::array(std::move(shape), x.dtype(), std::make_shared<CpuLinear>(s, bits, gs), std::move(inputs));
 }
 
-// Compares the kernels with MLX's ops on shapes covering every code path.
-// Returns "" when all results are bit-identical, else what differed.
-std::string self_check() {
+// Compares the kernels with MLX's ops on shapes covering every code path, in
+// one element type. Returns "" when all results are bit-identical, else what
+// differed.
+std::string self_check(mx::Dtype dt) {
   auto s = mx::default_stream(mx::Device::cpu);
   // Own keys: MLX's global random state (a user's seed) is left alone.
   uint64_t seed = 20261122;
   auto rnd = [&](mx::Shape shape) {
-    return mx::astype(mx::random::normal(shape, mx::float32, 0.f, 1.f, mx::random::key(++seed), s), mx::bfloat16, s);
+    return mx::astype(mx::random::normal(shape, mx::float32, 0.f, 1.f, mx::random::key(++seed), s), dt, s);
   };
   auto same = [&](const mx::array& a, const mx::array& b) { return mx::array_equal(a, b, true, s).item<bool>(); };
   // (M, N, K): remainders in M (rows of 4), N (8) and K (8) and none.
@@ -353,7 +425,9 @@ std::string self_check() {
     if (!same(make_linear(x, {wt, c}, N, 0, 0, s), mx::addmm(c, x, wt, 1.f, 1.f, s)))
       return "dense with bias " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
   }
-  const int qdims[][5] = {{1, 24, 256, 4, 64}, {5, 19, 128, 4, 32}, {2, 16, 256, 8, 128}, {4, 9, 64, 8, 32}, {1, 8, 384, 4, 128}};
+  // (M, N, K, bits, group): one-row products of N >= 32 take the 4-block path.
+  const int qdims[][5] = {{1, 24, 256, 4, 64}, {5, 19, 128, 4, 32}, {2, 16, 256, 8, 128}, {4, 9, 64, 8, 32},
+                          {1, 8, 384, 4, 128}, {1, 75, 256, 4, 64}, {1, 40, 128, 8, 32}};
   for (auto& d : qdims) {
     const int M = d[0], N = d[1], K = d[2], bits = d[3], gs = d[4];
     auto x = rnd({M, K});
@@ -367,25 +441,30 @@ std::string self_check() {
   return "";
 }
 
-// "" when the kernels are in use, else why not. Decided once per process.
-const std::string& kernels_off_reason() {
-  static const std::string reason = []() -> std::string {
-    const char* env = std::getenv("CIDER_CPU_KERNELS");
-    if (env && std::string(env) == "0") return "turned off by CIDER_CPU_KERNELS=0";
+// "" when the kernels are in use for this element type (bf16 or f16), else
+// why not. Decided once per process and type.
+std::string check_type(mx::Dtype dt) {
+  const char* env = std::getenv("CIDER_CPU_KERNELS");
+  if (env && std::string(env) == "0") return "turned off by CIDER_CPU_KERNELS=0";
 #ifdef CIDER_X86_KERNELS
-    if (!__builtin_cpu_supports("avx2")) return "this CPU has no AVX2";
-    try {
-      std::string diff = self_check();
-      if (!diff.empty()) return "results differ from MLX's (" + diff + "); this MLX build computes differently";
-    } catch (const std::exception& e) {
-      return std::string("self-check failed: ") + e.what();
-    }
-    return "";
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) return "this CPU has no AVX2 and F16C";
+  try {
+    std::string diff = self_check(dt);
+    if (!diff.empty()) return "results differ from MLX's (" + diff + "); this MLX build computes differently";
+  } catch (const std::exception& e) {
+    return std::string("self-check failed: ") + e.what();
+  }
+  return "";
 #else
-    return "not built for this CPU architecture";
+  (void)dt;
+  return "not built for this CPU architecture";
 #endif
-  }();
-  return reason;
+}
+
+const std::string& kernels_off_reason(mx::Dtype dt) {
+  static const std::string bf16 = check_type(mx::bfloat16);
+  static const std::string f16 = check_type(mx::float16);
+  return dt == mx::float16 ? f16 : bf16;
 }
 
 // Cleared by cpu_kernels_enable(false): MLX's own ops are used instead
@@ -396,26 +475,35 @@ bool on_cpu(const mx::StreamOrDevice& sd) {
   return mx::to_stream(sd).device == mx::Device::cpu;
 }
 
+bool half_type(mx::Dtype dt) { return dt == mx::bfloat16 || dt == mx::float16; }
+
 }  // namespace
 
 void cpu_kernels_enable(bool on) { kernels_wanted = on; }
 
 rust::String cpu_kernels_status() {
-  const std::string& r = kernels_off_reason();
-  return rust::String(r.empty() ? std::string("on") : "off: " + r);
+  const std::string& b = kernels_off_reason(mx::bfloat16);
+  const std::string& h = kernels_off_reason(mx::float16);
+  if (b.empty() && h.empty()) return rust::String("on");
+  if (b == h) return rust::String("off: " + b);
+  if (b.empty()) return rust::String("on for bfloat16; off for float16: " + h);
+  if (h.empty()) return rust::String("on for float16; off for bfloat16: " + b);
+  return rust::String("off: bfloat16: " + b + "; float16: " + h);
 }
 
 std::optional<mx::array> try_cpu_linear(const mx::array& x, const mx::array& wt, const std::optional<mx::array>& c,
                                         mx::StreamOrDevice sd) {
-  // wt: an evaluated [K, N] transposed view of a row-major [N, K] bf16 weight.
-  if (x.dtype() != mx::bfloat16 || wt.dtype() != mx::bfloat16 || wt.ndim() != 2 || x.ndim() < 1 || x.size() == 0 ||
+  // wt: an evaluated [K, N] transposed view of a row-major [N, K] weight of
+  // x's type.
+  const mx::Dtype dt = x.dtype();
+  if (!half_type(dt) || wt.dtype() != dt || wt.ndim() != 2 || x.ndim() < 1 || x.size() == 0 ||
       x.shape(-1) != wt.shape(0) || !wt.is_available() || !wt.flags().col_contiguous || !on_cpu(sd))
     return std::nullopt;
   const int N = wt.shape(1);
-  if (c && !(c->dtype() == mx::bfloat16 && c->is_available() && c->flags().row_contiguous && int(c->size()) == N &&
+  if (c && !(c->dtype() == dt && c->is_available() && c->flags().row_contiguous && int(c->size()) == N &&
              (c->ndim() == 1 || (c->ndim() == 2 && c->shape(0) == 1))))
     return std::nullopt;
-  if (!kernels_wanted || !kernels_off_reason().empty()) return std::nullopt;
+  if (!kernels_wanted || !kernels_off_reason(dt).empty()) return std::nullopt;
   std::vector<mx::array> rest{wt};
   if (c) rest.push_back(*c);
   return make_linear(x, rest, N, 0, 0, mx::to_stream(sd));
@@ -423,9 +511,10 @@ std::optional<mx::array> try_cpu_linear(const mx::array& x, const mx::array& wt,
 
 std::optional<mx::array> try_cpu_qlinear(const mx::array& x, const mx::array& w, const mx::array& scales,
                                          const mx::array& biases, int group_size, int bits, mx::StreamOrDevice sd) {
-  if (x.dtype() != mx::bfloat16 || scales.dtype() != mx::bfloat16 || biases.dtype() != mx::bfloat16 ||
-      w.dtype() != mx::uint32 || (bits != 4 && bits != 8) || group_size % (32 / bits) != 0 || w.ndim() != 2 ||
-      scales.ndim() != 2 || x.ndim() < 1 || x.size() == 0 || !on_cpu(sd))
+  const mx::Dtype dt = x.dtype();
+  if (!half_type(dt) || scales.dtype() != dt || biases.dtype() != dt || w.dtype() != mx::uint32 ||
+      (bits != 4 && bits != 8) || group_size % (32 / bits) != 0 || w.ndim() != 2 || scales.ndim() != 2 ||
+      x.ndim() < 1 || x.size() == 0 || !on_cpu(sd))
     return std::nullopt;
   const int K = x.shape(-1), N = w.shape(0);
   if (K % group_size != 0 || w.shape(1) != K * bits / 32 || scales.shape(0) != N || scales.shape(1) != K / group_size ||
@@ -433,7 +522,7 @@ std::optional<mx::array> try_cpu_qlinear(const mx::array& x, const mx::array& w,
     return std::nullopt;
   for (auto* a : {&w, &scales, &biases})
     if (!a->is_available() || !a->flags().row_contiguous) return std::nullopt;
-  if (!kernels_wanted || !kernels_off_reason().empty()) return std::nullopt;
+  if (!kernels_wanted || !kernels_off_reason(dt).empty()) return std::nullopt;
   return make_linear(x, {w, scales, biases}, N, bits, group_size, mx::to_stream(sd));
 }
 

@@ -1,6 +1,7 @@
-//! cider's CPU kernels for bf16 projections (core/cpp/cpu_linear.cc) must
-//! give exactly MLX's bits: whole models, dense (with and without biases)
-//! and 4/8-bit quantized, prompt passes and decode steps, kernels on and off.
+//! cider's CPU kernels for bf16 and f16 projections (core/cpp/cpu_linear.cc)
+//! must give exactly MLX's bits: whole models, dense (with and without
+//! biases) and 4/8-bit quantized, prompt passes and decode steps, kernels on
+//! and off.
 //! One test function: the on/off switch is process-wide.
 mod common;
 
@@ -25,15 +26,23 @@ fn kernels_match_mlx_bit_for_bit() {
         eprintln!("skipped: cider's CPU kernels are {status}");
         return;
     }
-    let kinds: [(Option<(i32, i32)>, bool, usize); 5] =
-        [(None, false, 1), (None, true, 2), (Some((4, 64)), false, 1), (Some((4, 32)), true, 3), (Some((8, 64)), false, 2)];
-    for (i, (quant, bias, threads)) in kinds.into_iter().enumerate() {
+    let kinds: [(Option<(i32, i32)>, bool, usize, Dtype); 8] = [
+        (None, false, 1, Dtype::BF16),
+        (None, true, 2, Dtype::BF16),
+        (Some((4, 64)), false, 1, Dtype::BF16),
+        (Some((4, 32)), true, 3, Dtype::BF16),
+        (Some((8, 64)), false, 2, Dtype::BF16),
+        (None, true, 1, Dtype::F16),
+        (Some((4, 64)), false, 2, Dtype::F16),
+        (Some((8, 32)), true, 1, Dtype::F16),
+    ];
+    for (i, (quant, bias, threads, dtype)) in kinds.into_iter().enumerate() {
         let dir = tmpdir(&format!("kernels-{i}"));
         // Dense: 204-wide inputs and 340-row q/k/v, 300-wide MLP: remainders
         // (not multiples of 8) in rows and depth. Quantized sizes must be
         // whole groups (the kernels' self-check covers their remainders).
         let (hidden, inter) = if quant.is_some() { (192, 320) } else { (204, 300) };
-        write_model(&dir, &Spec { hidden, inter, heads: 6, kv_heads: 2, dtype: Dtype::BF16, quant, bias, ..Default::default() });
+        write_model(&dir, &Spec { hidden, inter, heads: 6, kv_heads: 2, dtype, quant, bias, ..Default::default() });
         let opts = LoadOptions { cpu_threads: Some(threads), ..Default::default() };
         let m = Model::load_with(&dir, &opts, &mut |_| true).unwrap();
         mlx::set_cpu_kernels(true);
@@ -46,7 +55,7 @@ fn kernels_match_mlx_bit_for_bit() {
         assert!(!census.iter().any(|p| p.starts_with("Cider")), "kernels used while off");
         for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
             let diff = a.iter().zip(b).filter(|(x, y)| x != y).count();
-            assert_eq!(diff, 0, "{quant:?} bias {bias}: {diff} logits differ from MLX's at step {step}");
+            assert_eq!(diff, 0, "{dtype:?} {quant:?} bias {bias}: {diff} logits differ from MLX's at step {step}");
         }
     }
 }

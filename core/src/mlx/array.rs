@@ -162,8 +162,9 @@ pub fn cpu_workers(n: usize) -> Result<usize> {
     Ok(ffi::cpu_workers(n.min(i32::MAX as usize) as i32)? as usize)
 }
 
-/// Whether cider's own CPU kernels for bf16 projections are in use: "on", or
-/// "off: <why>" (see core/cpp/cpu_linear.cc; decided on first use).
+/// Whether cider's own CPU kernels for bf16 and f16 projections are in use:
+/// "on", "off: <why>", or which type is on and why the other is off (see
+/// core/cpp/cpu_linear.cc; decided on first use, per type).
 pub fn cpu_kernels_status() -> String {
     ffi::cpu_kernels_status()
 }
