@@ -68,14 +68,16 @@ inline uint16_t f2bf(float f) {
 // F16C gives exact f16 <-> f32 conversions (every AVX2 CPU has it; checked).
 #define AVX2 __attribute__((target("avx2,f16c")))
 
-// Rounds each lane to the nearest bf16 value (ties to even; NaN -> MLX's NaN).
+// Rounds each lane to the nearest bf16 value (ties to even). A NaN stays a
+// NaN: every NaN here has a zero low half (loaded bf16 values, rounded
+// values and x86's default NaN all do), so the carry never reaches the high
+// half; its sign and payload may differ from MLX's, which is why stores
+// canonicalise (mul and add keep a NaN a NaN, so only stored bits show it).
 AVX2 inline __m256 round_bf16(__m256 v) {
   __m256i u = _mm256_castps_si256(v);
   __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
   u = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
-  u = _mm256_and_si256(u, _mm256_set1_epi32(int32_t(0xFFFF0000u)));
-  __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
-  return _mm256_blendv_ps(_mm256_castsi256_ps(u), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), nan);
+  return _mm256_castsi256_ps(_mm256_and_si256(u, _mm256_set1_epi32(int32_t(0xFFFF0000u))));
 }
 
 // The two 16-bit float types: how 8 of them load to floats, how a float
@@ -89,8 +91,10 @@ struct BF16 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
   }
   AVX2 static __m256 round(__m256 v) { return round_bf16(v); }
-  // v already rounded: the high halves are the bf16 values.
+  // v already rounded: the high halves are the bf16 values; a NaN stores as
+  // MLX's (0x7FC0).
   AVX2 static void store8(uint16_t* p, __m256 v) {
+    v = _mm256_blendv_ps(v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC00000)), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     __m256i u = _mm256_srli_epi32(_mm256_castps_si256(v), 16);
     __m128i lo = _mm256_castsi256_si128(u), hi = _mm256_extracti128_si256(u, 1);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(lo, hi));
@@ -220,20 +224,29 @@ AVX2 void dense_row_x4(const float* xr, const uint16_t* wb, const uint16_t* c, u
   for (int b = 0; b < 4; b++) finish8<H>(acc[b], c ? c + 8 * b : nullptr, out + 8 * b);
 }
 
-// out[M, N] = x[M, K] @ w[N, K].T (+ c[N]) in H, 8 rows of w per lane group.
-template <class H>
-AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
-  const int N8 = N - N % 8;
+// Calls f(xf, m0, mb) for each block of up to MB rows of x (m0 .. m0 + mb),
+// those rows converted to floats, K apart, in xf.
+template <class H, class F>
+AVX2 void for_row_blocks(const uint16_t* x, int M, int K, F f) {
   std::vector<float> xf(size_t(MB) * K);
   for (int m0 = 0; m0 < M; m0 += MB) {
     const int mb = std::min(MB, M - m0);
     for (int r = 0; r < mb; r++)
       for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = H::to_f(x[size_t(m0 + r) * K + k]);
+    f(xf.data(), m0, mb);
+  }
+}
+
+// out[M, N] = x[M, K] @ w[N, K].T (+ c[N]) in H, 8 rows of w per lane group.
+template <class H>
+AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
+  const int N8 = N - N % 8;
+  for_row_blocks<H>(x, M, K, [=](const float* xf, int m0, int mb) AVX2 {
     uint16_t* o = out + size_t(m0) * N;
     int n0 = 0;
     if (mb == 1)
-      for (; n0 + 32 <= N8; n0 += 32) dense_row_x4<H>(xf.data(), w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, K);
-    for (; n0 < N8; n0 += 8) dense_rows<H>(xf.data(), mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
+      for (; n0 + 32 <= N8; n0 += 32) dense_row_x4<H>(xf, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, K);
+    for (; n0 < N8; n0 += 8) dense_rows<H>(xf, mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
     for (int n = N8; n < N; n++) {
       for (int r = 0; r < mb; r++) {
         float acc = 0.f;
@@ -242,7 +255,7 @@ AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_
         o[size_t(r) * N + n] = H::from_f(acc);
       }
     }
-  }
+  });
 }
 
 // Outputs n0 .. n0 + 8 * NB of `mb` (<= R) rows of x (floats, rows K apart)
@@ -304,16 +317,12 @@ AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, co
   constexpr int PF = 32 / BITS;
   constexpr uint32_t MASK = (1u << BITS) - 1;
   const int KW = K / PF, G = K / gs, N8 = N - N % 8;
-  std::vector<float> xf(size_t(MB) * K);
-  for (int m0 = 0; m0 < M; m0 += MB) {
-    const int mb = std::min(MB, M - m0);
-    for (int r = 0; r < mb; r++)
-      for (int k = 0; k < K; k++) xf[size_t(r) * K + k] = H::to_f(x[size_t(m0 + r) * K + k]);
+  for_row_blocks<H>(x, M, K, [=](const float* xf, int m0, int mb) AVX2 {
     uint16_t* o = out + size_t(m0) * N;
     int n0 = 0;
     if (mb == 1)
-      for (; n0 + 32 <= N8; n0 += 32) quant_cols<H, BITS, 4, 1>(xf.data(), 1, w, scales, biases, o, n0, N, K, gs);
-    for (; n0 < N8; n0 += 8) quant_cols<H, BITS, 1, MB>(xf.data(), mb, w, scales, biases, o, n0, N, K, gs);
+      for (; n0 + 32 <= N8; n0 += 32) quant_cols<H, BITS, 4, 1>(xf, 1, w, scales, biases, o, n0, N, K, gs);
+    for (; n0 < N8; n0 += 8) quant_cols<H, BITS, 1, MB>(xf, mb, w, scales, biases, o, n0, N, K, gs);
     for (int n = N8; n < N; n++) {
       for (int r = 0; r < mb; r++) {
         float sum = 0.f;
@@ -327,7 +336,7 @@ AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, co
         o[size_t(r) * N + n] = H::from_f(sum);
       }
     }
-  }
+  });
 }
 
 // One projection's kernel, picked by element type and bit width.
@@ -410,12 +419,23 @@ std::string self_check(mx::Dtype dt) {
   auto rnd = [&](mx::Shape shape) {
     return mx::astype(mx::random::normal(shape, mx::float32, 0.f, 1.f, mx::random::key(++seed), s), dt, s);
   };
-  auto same = [&](const mx::array& a, const mx::array& b) { return mx::array_equal(a, b, true, s).item<bool>(); };
+  // Bit for bit, NaNs included (array_equal would let NaN bits differ).
+  auto same = [&](const mx::array& a, const mx::array& b) {
+    return mx::array_equal(mx::view(a, mx::uint16, s), mx::view(b, mx::uint16, s), false, s).item<bool>();
+  };
+  // x with one NaN (row 0, column 1), so NaN outputs are compared too; a
+  // negative one, as x86 makes them (0 * inf), whose sign MLX's bf16
+  // rounding drops and its f16 rounding keeps.
+  auto with_nan = [&](const mx::array& x) {
+    const int bits = x.dtype() == mx::float16 ? 0xFE00 : 0xFFC0;
+    auto nan = mx::view(mx::full({1, 1}, mx::array(bits, mx::uint16), s), x.dtype(), s);
+    return mx::slice_update(x, nan, mx::Shape{0, 1}, mx::Shape{1, 2}, s);
+  };
   // (M, N, K): remainders in M (rows of 4), N (8) and K (8) and none.
   const int dims[][3] = {{1, 40, 64}, {3, 19, 203}, {6, 64, 128}, {1, 8, 13}, {9, 33, 96}};
   for (auto& d : dims) {
     const int M = d[0], N = d[1], K = d[2];
-    auto x = rnd({M, K});
+    auto x = M > 2 ? with_nan(rnd({M, K})) : rnd({M, K});
     auto w = rnd({N, K});
     auto c = rnd({1, N});
     auto wt = mx::transpose(w, {1, 0}, s);
@@ -430,7 +450,7 @@ std::string self_check(mx::Dtype dt) {
                           {1, 8, 384, 4, 128}, {1, 75, 256, 4, 64}, {1, 40, 128, 8, 32}};
   for (auto& d : qdims) {
     const int M = d[0], N = d[1], K = d[2], bits = d[3], gs = d[4];
-    auto x = rnd({M, K});
+    auto x = M > 2 ? with_nan(rnd({M, K})) : rnd({M, K});
     auto q = mx::quantize(rnd({N, K}), gs, bits, "affine", std::nullopt, s);
     mx::eval({x, q[0], q[1], q[2]});
     auto ref = mx::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine", s);
