@@ -27,7 +27,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -177,51 +176,38 @@ AVX2 inline void finish8(__m256 acc, const uint16_t* c, uint16_t* out) {
   H::store8(out, H::round(acc));
 }
 
-// Outputs n0 .. n0 + 8 of `mb` (<= MB) rows: one tile load serves every row,
-// and the rows' accumulation chains are independent.
-template <class H>
-AVX2 void dense_rows(const float* xf, int mb, const uint16_t* wb, const uint16_t* c, uint16_t* out, int N, int K) {
+// Outputs n0 .. n0 + 8 * NB (wb = w's row n0) of `mb` (<= R) rows of x
+// (floats, rows K apart). Each loaded tile serves every row, and every
+// output's sum is its own chain: several rows (prompt passes, R = MB) or
+// several column blocks (decode steps, NB = 4) give independent chains, so
+// one's adds overlap another's (a single chain waits on the add latency).
+template <class H, int NB, int R>
+AVX2 void dense_cols(const float* xf, int mb, const uint16_t* wb, const uint16_t* c, uint16_t* out, int N, int K) {
   const int K8 = K - K % 8;
-  __m256 acc[MB];
-  for (int r = 0; r < MB; r++) acc[r] = _mm256_setzero_ps();
+  const int rows = R == 1 ? 1 : mb;
+  __m256 acc[NB][R];
+  for (int b = 0; b < NB; b++)
+    for (int r = 0; r < R; r++) acc[b][r] = _mm256_setzero_ps();
   for (int k = 0; k < K8; k += 8) {
-    __m256 t[8];
-    load_tile<H>(wb, K, k, t);
-    for (int r = 0; r < mb; r++) {
-      const float* xr = xf + size_t(r) * K + k;
-      __m256 a = acc[r];
-      for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + kk), t[kk]));
-      acc[r] = a;
-    }
-  }
-  for (int k = K8; k < K; k++) {
-    __m256 tv = load_column<H>(wb, K, k);
-    for (int r = 0; r < mb; r++) acc[r] = _mm256_add_ps(acc[r], _mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), tv));
-  }
-  for (int r = 0; r < mb; r++) finish8<H>(acc[r], c, out + size_t(r) * N);
-}
-
-// One row of x (a decode step), outputs n0 .. n0 + 32: four blocks of 8
-// with independent chains, so one block's adds overlap another's (a single
-// chain waits on the add latency at every step).
-template <class H>
-AVX2 void dense_row_x4(const float* xr, const uint16_t* wb, const uint16_t* c, uint16_t* out, int K) {
-  const int K8 = K - K % 8;
-  __m256 acc[4];
-  for (int b = 0; b < 4; b++) acc[b] = _mm256_setzero_ps();
-  for (int k = 0; k < K8; k += 8) {
-    for (int b = 0; b < 4; b++) {
+    for (int b = 0; b < NB; b++) {
       __m256 t[8];
       load_tile<H>(wb + size_t(b) * 8 * K, K, k, t);
-      __m256 a = acc[b];
-      for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + k + kk), t[kk]));
-      acc[b] = a;
+      for (int r = 0; r < rows; r++) {
+        const float* xr = xf + size_t(r) * K + k;
+        __m256 a = acc[b][r];
+        for (int kk = 0; kk < 8; kk++) a = _mm256_add_ps(a, _mm256_mul_ps(_mm256_broadcast_ss(xr + kk), t[kk]));
+        acc[b][r] = a;
+      }
     }
   }
   for (int k = K8; k < K; k++)
-    for (int b = 0; b < 4; b++)
-      acc[b] = _mm256_add_ps(acc[b], _mm256_mul_ps(_mm256_broadcast_ss(xr + k), load_column<H>(wb + size_t(b) * 8 * K, K, k)));
-  for (int b = 0; b < 4; b++) finish8<H>(acc[b], c ? c + 8 * b : nullptr, out + 8 * b);
+    for (int b = 0; b < NB; b++) {
+      __m256 tv = load_column<H>(wb + size_t(b) * 8 * K, K, k);
+      for (int r = 0; r < rows; r++)
+        acc[b][r] = _mm256_add_ps(acc[b][r], _mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), tv));
+    }
+  for (int b = 0; b < NB; b++)
+    for (int r = 0; r < mb; r++) finish8<H>(acc[b][r], c ? c + 8 * b : nullptr, out + size_t(r) * N + 8 * b);
 }
 
 // Calls f(xf, m0, mb) for each block of up to MB rows of x (m0 .. m0 + mb),
@@ -245,8 +231,8 @@ AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_
     uint16_t* o = out + size_t(m0) * N;
     int n0 = 0;
     if (mb == 1)
-      for (; n0 + 32 <= N8; n0 += 32) dense_row_x4<H>(xf, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, K);
-    for (; n0 < N8; n0 += 8) dense_rows<H>(xf, mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
+      for (; n0 + 32 <= N8; n0 += 32) dense_cols<H, 4, 1>(xf, 1, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
+    for (; n0 < N8; n0 += 8) dense_cols<H, 1, MB>(xf, mb, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
     for (int n = N8; n < N; n++) {
       for (int r = 0; r < mb; r++) {
         float acc = 0.f;
