@@ -57,6 +57,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/shim.h");
     println!("cargo:rerun-if-changed=cpp/shim.cc");
     println!("cargo:rerun-if-changed=cpp/cpu_linear.cc");
+    println!("cargo:rerun-if-changed=cpp/gpu_qmm.cc");
+    println!("cargo:rerun-if-changed=cpp/gpu_qmm_src.h");
     println!("cargo:rerun-if-changed=src/mlx/ffi.rs");
     let mlx = match find_mlx() {
         Ok(p) => p,
@@ -70,6 +72,7 @@ fn main() {
     cxx_build::bridge("src/mlx/ffi.rs")
         .file("cpp/shim.cc")
         .file("cpp/cpu_linear.cc")
+        .file("cpp/gpu_qmm.cc")
         .std("c++20")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")

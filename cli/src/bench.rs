@@ -216,6 +216,8 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
     let first_submit = col(|r| r.first_submit_ms);
     let rss = max_rss_bytes();
     let same_tokens = runs.windows(2).all(|w| w[0].tokens == w[1].tokens);
+    // Decided at the first 4-bit prompt pass on the GPU (core/cpp/gpu_qmm.cc).
+    let gpu_kernels = if gpu { Some(cider_core::mlx::gpu_kernels_status()) } else { None };
 
     if text {
         println!("{:<22} {:>12} {:>12} {:>12}", "metric", "median", "min", "max");
@@ -235,6 +237,9 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
         if let Some(r) = rss {
             println!("{:<22} {:>12.3}", "max RSS (GB)", r as f64 / 1e9);
         }
+        if let Some(k) = &gpu_kernels {
+            println!("cider gpu kernels: {k}");
+        }
         if !same_tokens {
             println!("note: greedy tokens differed between runs");
         }
@@ -251,6 +256,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
             "mlx_version": device::mlx_version(),
             "cpu_threads": cpu.as_ref().map(|c| c.0),
             "cpu_kernels": cpu.as_ref().map(|c| c.1.clone()),
+            "gpu_kernels": gpu_kernels,
             "prompt_tokens": a.prompt_tokens,
             "gen_tokens": a.gen_tokens,
             "repeat": a.repeat,

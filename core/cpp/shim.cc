@@ -313,8 +313,10 @@ ArrPtr quantized_matmul(const Array& x, const Array& w, const Array& scales, con
   std::optional<mx::array> b;
   if (has_biases) b = biases.a;
   auto sd = on_worker(worker);
-  if (has_biases && transpose && std::string(mode) == "affine")
+  if (has_biases && transpose && std::string(mode) == "affine") {
     if (auto y = try_cpu_qlinear(x.a, w.a, scales.a, biases.a, group_size, bits, sd)) return wrap(*y);
+    if (auto y = try_gpu_qlinear(x.a, w.a, scales.a, biases.a, group_size, bits, sd)) return wrap(*y);
+  }
   return wrap(mx::quantized_matmul(x.a, w.a, scales.a, b, transpose, group_size, bits,
                                    std::string(mode), sd));
 }

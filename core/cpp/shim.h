@@ -75,6 +75,13 @@ std::optional<mlx::core::array> try_cpu_qlinear(const mlx::core::array& x, const
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
 // "on", or "off: <why>".
 rust::String cpu_kernels_status();
+// cider's 4-bit prompt matmul on NVIDIA GPUs (gpu_qmm.cc): the op, or
+// nullopt where it does not apply (then MLX's op is used).
+std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,
+                                                const mlx::core::array& scales, const mlx::core::array& biases,
+                                                int group_size, int bits, mlx::core::StreamOrDevice sd);
+// "not used yet", "on (<types>)", or which types are off and why.
+rust::String gpu_kernels_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);
 

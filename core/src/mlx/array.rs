@@ -169,6 +169,12 @@ pub fn cpu_kernels_status() -> String {
     ffi::cpu_kernels_status()
 }
 
+/// Whether cider's 4-bit prompt matmul runs on the GPU ("not used yet" until
+/// a 4-bit model's prompt has run there; see core/cpp/gpu_qmm.cc).
+pub fn gpu_kernels_status() -> String {
+    ffi::gpu_kernels_status()
+}
+
 /// `false`: graphs built from now on use MLX's own ops for projections
 /// instead of cider's CPU kernels (the same bits; for comparisons).
 pub fn set_cpu_kernels(on: bool) {

@@ -1,0 +1,164 @@
+// cider's 4-bit matmul for prompt passes on NVIDIA GPUs (source and why:
+// gpu_qmm_src.h). Used instead of MLX's quantized_matmul for 9..MAX_ROWS
+// rows of bf16/f16 activations against 4-bit affine weights, once a
+// self-check against MLX's op has passed for that type and group size; any
+// other case, or a failed check, leaves MLX's op in place.
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+
+#include "gpu_qmm_src.h"
+#include "mlx/backend/cuda/cuda.h"
+#include "mlx/fast.h"
+#include "shim.h"
+
+namespace mx = mlx::core;
+
+namespace cider {
+namespace {
+
+// One row is a decode step and up to 8 go to MLX's matrix-vector kernel,
+// which reads the weights once; this kernel is for the prompt's many rows.
+// Measured faster than MLX's kernel from 16 to 2048 rows (cider's default
+// prefill chunk); longer chunks stay with MLX's, not measured against it.
+constexpr int MIN_ROWS = 9;
+constexpr int MAX_ROWS = 2048;
+
+// Warp tile 16 MT x 8 NT, WN warps along N, KS warps splitting K.
+struct Cfg {
+  int mt, nt, wn, ks;
+};
+
+// Chosen from device times on an H100 (ncu over bench/gpu_qmm.py --once, 16
+// to 2048 rows, bench/RESULTS.md): 64 x 32 block tiles with K split 4 ways
+// are near the best almost everywhere. Short prompts, or less than a block
+// per SM, want 32 x 32 tiles and K split 8 ways (a 2048-wide output at 128
+// rows: 12 us against 13; 8 us against 12 at 16-32 rows); many blocks over a
+// short K want no split and 4 warps side by side (a 16384-wide output at
+// 128 rows: 49 us against 58).
+Cfg choose(int M, int N, int K) {
+  const int blocks = (M + 63) / 64 * (N / 32);
+  if (M <= 32 || blocks < 132) return {2, 4, 1, 8};
+  if (blocks >= 1024 && K < 4096) return {4, 4, 4, 1};
+  return {4, 4, 1, 4};
+}
+
+const mx::fast::CustomKernelFunction& kernel() {
+  static const mx::fast::CustomKernelFunction k = mx::fast::cuda_kernel(
+      "cider_qmm4", {"x", "w", "scales", "biases"}, {"y"}, kCiderQmmBody, kCiderQmmHeader,
+      /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
+  return k;
+}
+
+mx::array run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
+              int group_size, Cfg c, const mx::Stream& s) {
+  const int K = x.shape(-1), N = w.shape(0);
+  const int M = int(x.size() / K);
+  auto shape = x.shape();
+  shape.back() = N;
+  const int threads = 32 * c.wn * c.ks, bn = 8 * c.nt * c.wn, bm = 16 * c.mt;
+  return kernel()({x, w, scales, biases}, {shape}, {x.dtype()},
+                  {threads * (N / bn), (M + bm - 1) / bm, 1}, {threads, 1, 1},
+                  {{"T", x.dtype()}, {"MT", c.mt}, {"NT", c.nt}, {"WN", c.wn}, {"KS", c.ks}, {"G", group_size}},
+                  std::nullopt, false, s)[0];
+}
+
+bool cuda_sm80() {
+  if (!mx::cu::is_available()) return false;
+  const auto& info = mx::gpu::device_info(0);
+  auto it = info.find("compute_capability_major");
+  // mma.sync on bf16 needs sm_80; without the key the self-check decides.
+  if (it != info.end() && std::holds_alternative<size_t>(it->second)) return std::get<size_t>(it->second) >= 8;
+  return true;
+}
+
+// Every tile configuration against MLX's quantized_matmul on a shape with a
+// partial row tile (M = 40) and enough K for 8-way splits. The kernel sums
+// in another order than MLX's, so results agree to rounding, not bits:
+// allowed 2 % of the output's largest magnitude (a wrong fragment layout or
+// nibble order is off by the output's size).
+std::string self_check(mx::Dtype dt, int gs, const mx::Stream& s) {
+  const int M = 40, N = 256, K = 1024;
+  auto x = mx::astype(mx::random::normal({M, K}, mx::float32, 0.0f, 1.0f, mx::random::key(7), s), dt, s);
+  auto wf = mx::astype(mx::random::normal({N, K}, mx::float32, 0.0f, 0.05f, mx::random::key(8), s), dt, s);
+  auto q = mx::quantize(wf, gs, 4, "affine", std::nullopt, s);
+  auto ref = mx::astype(mx::quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine", s), mx::float32, s);
+  for (Cfg c : {Cfg{2, 4, 1, 8}, Cfg{4, 4, 1, 4}, Cfg{4, 4, 4, 1}}) {
+    auto y = mx::astype(run(x, q[0], q[1], q[2], gs, c, s), mx::float32, s);
+    auto err = mx::max(mx::abs(mx::subtract(y, ref, s), s), s);
+    auto top = mx::max(mx::abs(ref, s), s);
+    mx::eval({err, top});
+    const float e = err.item<float>(), t = top.item<float>();
+    if (!(e <= 0.02f * t))
+      return "results differ from MLX's (tile " + std::to_string(c.mt) + "x" + std::to_string(c.nt) + "x" +
+             std::to_string(c.wn) + "x" + std::to_string(c.ks) + ", group " + std::to_string(gs) + ": max |diff| " +
+             std::to_string(e) + " of " + std::to_string(t) + ")";
+  }
+  return "";
+}
+
+std::mutex checks_mu;
+// (dtype, group size) -> "" when in use, else why not.
+std::map<std::pair<int, int>, std::string> checks;
+
+const std::string& check(mx::Dtype dt, int gs, const mx::Stream& s) {
+  std::lock_guard<std::mutex> lock(checks_mu);
+  auto k = std::make_pair(int(dt.val()), gs);
+  auto it = checks.find(k);
+  if (it != checks.end()) return it->second;
+  std::string why;
+  const char* env = std::getenv("CIDER_GPU_KERNELS");
+  if (env && std::string(env) == "0") {
+    why = "turned off by CIDER_GPU_KERNELS=0";
+  } else if (!cuda_sm80()) {
+    why = "needs an NVIDIA GPU of compute capability 8.0 or newer";
+  } else {
+    try {
+      why = self_check(dt, gs, s);
+    } catch (const std::exception& e) {
+      why = std::string("self-check failed: ") + e.what();
+    }
+  }
+  return checks.emplace(k, why).first->second;
+}
+
+}  // namespace
+
+std::optional<mx::array> try_gpu_qlinear(const mx::array& x, const mx::array& w, const mx::array& scales,
+                                         const mx::array& biases, int group_size, int bits,
+                                         mx::StreamOrDevice sd) {
+  const mx::Stream s = mx::to_stream(sd);
+  const mx::Dtype dt = x.dtype();
+  if (s.device != mx::Device::gpu || bits != 4 || (dt != mx::bfloat16 && dt != mx::float16) ||
+      (group_size != 32 && group_size != 64 && group_size != 128) || scales.dtype() != dt ||
+      biases.dtype() != dt || w.dtype() != mx::uint32 || w.ndim() != 2 || scales.ndim() != 2 || x.ndim() < 1 ||
+      x.size() == 0)
+    return std::nullopt;
+  const int K = x.shape(-1), N = w.shape(0);
+  const int64_t M = int64_t(x.size()) / K;
+  if (M < MIN_ROWS || M > MAX_ROWS || N % 32 != 0 || K % group_size != 0 || w.shape(1) != K / 8 ||
+      scales.shape(0) != N || scales.shape(1) != K / group_size || biases.shape() != scales.shape())
+    return std::nullopt;
+  if (!mx::cu::is_available() || !check(dt, group_size, s).empty()) return std::nullopt;
+  return run(x, w, scales, biases, group_size, choose(int(M), N, K), s);
+}
+
+rust::String gpu_kernels_status() {
+  std::lock_guard<std::mutex> lock(checks_mu);
+  if (checks.empty()) return rust::String("not used yet");
+  std::string on, off;
+  for (const auto& [k, why] : checks) {
+    std::string what = std::string(k.first == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " g" +
+                       std::to_string(k.second);
+    if (why.empty())
+      on += (on.empty() ? "" : ", ") + what;
+    else
+      off += (off.empty() ? "" : "; ") + what + ": " + why;
+  }
+  if (off.empty()) return rust::String("on (" + on + ")");
+  if (on.empty()) return rust::String("off: " + off);
+  return rust::String("on (" + on + "); off: " + off);
+}
+
+}  // namespace cider
