@@ -4,6 +4,7 @@
 // self-check against MLX's op has passed for that type and group size; any
 // other case, or a failed check, leaves MLX's op in place.
 #include <cmath>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -98,6 +99,9 @@ std::string self_check(mx::Dtype dt, int gs, const mx::Stream& s) {
   return "";
 }
 
+// Cleared by gpu_kernels_enable(false): MLX's op is used instead.
+std::atomic<bool> wanted{true};
+
 std::mutex checks_mu;
 // (dtype, group size) -> "" when in use, else why not.
 std::map<std::pair<int, int>, std::string> checks;
@@ -140,9 +144,11 @@ std::optional<mx::array> try_gpu_qlinear(const mx::array& x, const mx::array& w,
   if (M < MIN_ROWS || M > MAX_ROWS || N % 32 != 0 || K % group_size != 0 || w.shape(1) != K / 8 ||
       scales.shape(0) != N || scales.shape(1) != K / group_size || biases.shape() != scales.shape())
     return std::nullopt;
-  if (!mx::cu::is_available() || !check(dt, group_size, s).empty()) return std::nullopt;
+  if (!wanted || !mx::cu::is_available() || !check(dt, group_size, s).empty()) return std::nullopt;
   return run(x, w, scales, biases, group_size, choose(int(M), N, K), s);
 }
+
+void gpu_kernels_enable(bool on) { wanted = on; }
 
 rust::String gpu_kernels_status() {
   std::lock_guard<std::mutex> lock(checks_mu);

@@ -80,6 +80,8 @@ rust::String cpu_kernels_status();
 std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,
                                                 const mlx::core::array& scales, const mlx::core::array& biases,
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
+// false: MLX's op from now on (until true again), for comparisons.
+void gpu_kernels_enable(bool on);
 // "not used yet", "on (<types>)", or which types are off and why.
 rust::String gpu_kernels_status();
 // false: MLX's ops from now on (until true again), for comparisons.

@@ -181,6 +181,13 @@ pub fn set_cpu_kernels(on: bool) {
     ffi::cpu_kernels_enable(on)
 }
 
+/// `false`: graphs built from now on use MLX's quantized_matmul on the GPU
+/// instead of cider's prompt kernel (for comparisons; results agree to
+/// rounding, not bits).
+pub fn set_gpu_kernels(on: bool) {
+    ffi::gpu_kernels_enable(on)
+}
+
 /// How many evaluations MLX has submitted and not finished, on all streams.
 pub fn active_tasks() -> usize {
     ffi::active_tasks().max(0) as usize

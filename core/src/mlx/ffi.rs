@@ -37,6 +37,7 @@ pub(crate) mod ffi {
         fn cpu_kernels_status() -> String;
         fn gpu_kernels_status() -> String;
         fn cpu_kernels_enable(on: bool);
+        fn gpu_kernels_enable(on: bool);
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 
