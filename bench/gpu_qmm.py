@@ -23,22 +23,14 @@ import argparse
 import os
 import re
 import statistics
-import time
 
 import mlx.core as mx
+
+from qmm_prompt import SHAPES, timed  # the same shapes and per-call timer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_qmm_src.h")).read()
 HEADER, BODY = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
-
-SHAPES = [
-    ("qwen2.5-0.5b", "qkv", 1152, 896), ("qwen2.5-0.5b", "o", 896, 896),
-    ("qwen2.5-0.5b", "gate_up", 9728, 896), ("qwen2.5-0.5b", "down", 896, 4864),
-    ("llama-3.2-1b", "qkv", 3072, 2048), ("llama-3.2-1b", "o", 2048, 2048),
-    ("llama-3.2-1b", "gate_up", 16384, 2048), ("llama-3.2-1b", "down", 2048, 8192),
-    ("qwen3-1.7b", "qkv", 4096, 2048), ("qwen3-1.7b", "o", 2048, 2048),
-    ("qwen3-1.7b", "gate_up", 12288, 2048), ("qwen3-1.7b", "down", 2048, 6144),
-]
 
 # (MT, NT, WN, KS): warp tile 16 MT x 8 NT, WN warps along N, KS along K.
 CONFIGS = [
@@ -67,19 +59,6 @@ def cider_qmm(x, wq, sc, bi, group, cfg):
         inputs=[x, wq, sc, bi], output_shapes=[(m, n)], output_dtypes=[x.dtype],
         grid=(threads * (n // bn), (m + bm - 1) // bm, 1), threadgroup=(threads, 1, 1),
         template=[("T", x.dtype), ("MT", mt), ("NT", nt), ("WN", wn), ("KS", ks), ("G", group)])[0]
-
-
-def timed(fn, x, n, reps):
-    outs = [fn(x + i) for i in range(2)]
-    mx.eval(outs)
-    ts = []
-    for _ in range(reps):
-        xs = [x + (i % 7) for i in range(n)]
-        mx.eval(xs)
-        t = time.perf_counter()
-        mx.eval([fn(xi) for xi in xs])
-        ts.append((time.perf_counter() - t) / n)
-    return statistics.median(ts)
 
 
 def from_ncu(a):
