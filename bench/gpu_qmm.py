@@ -1,4 +1,4 @@
-"""cider's 4-bit prompt matmul (core/cpp/gpu_qmm_src.h) against MLX's, per shape.
+"""cider's 4/8-bit prompt matmul (core/cpp/gpu_qmm_src.h) against MLX's, per shape.
 
 Runs the same CUDA text the shim compiles, through mx.fast.cuda_kernel, for
 each tile configuration (MT, NT, WN, KS) that divides the shape, checks it
@@ -45,12 +45,12 @@ _KERNEL = []
 def kernel():
     if not _KERNEL:  # made at first use: --from-ncu needs no GPU
         _KERNEL.append(mx.fast.cuda_kernel(
-            name="cider_qmm4", input_names=["x", "w", "scales", "biases"], output_names=["y"],
+            name="cider_qmm", input_names=["x", "w", "scales", "biases"], output_names=["y"],
             source=BODY, header=HEADER, ensure_row_contiguous=True))
     return _KERNEL[0]
 
 
-def cider_qmm(x, wq, sc, bi, group, cfg):
+def cider_qmm(x, wq, sc, bi, group, cfg, bits=4):
     mt, nt, wn, ks = cfg
     m, n = x.shape[0], wq.shape[0]
     bn, bm = 8 * nt * wn, 16 * mt
@@ -58,7 +58,7 @@ def cider_qmm(x, wq, sc, bi, group, cfg):
     return kernel()(
         inputs=[x, wq, sc, bi], output_shapes=[(m, n)], output_dtypes=[x.dtype],
         grid=(threads * (n // bn), (m + bm - 1) // bm, 1), threadgroup=(threads, 1, 1),
-        template=[("T", x.dtype), ("MT", mt), ("NT", nt), ("WN", wn), ("KS", ks), ("G", group)])[0]
+        template=[("T", x.dtype), ("BITS", bits), ("MT", mt), ("NT", nt), ("WN", wn), ("KS", ks), ("G", group)])[0]
 
 
 def from_ncu(a):
@@ -69,28 +69,28 @@ def from_ncu(a):
     seq = []
     for r in csv.DictReader(lines[start:]):
         name = r["Kernel Name"]
-        if "cider_qmm4" in name or "qmm_sm80" in name or "qmv" in name or "qmm_naive" in name:
+        if "cider_qmm" in name or "qmm_sm80" in name or "qmv" in name or "qmm_naive" in name:
             seq.append((name, float(r["Metric Value"].replace(",", "")) / 1e3))
     # A shape's kernels: MLX's (the reference call, then 3), then 3 per config.
     groups, cur = [], None
     for name, us in seq:
-        ours = "cider_qmm4" in name
-        if not ours and (cur is None or any("cider_qmm4" in n for n, _ in cur)):
+        ours = "cider_qmm" in name
+        if not ours and (cur is None or any("cider_qmm" in n for n, _ in cur)):
             cur = []
             groups.append(cur)
         cur.append((name, us))
     shapes = [s for s in SHAPES if not a.shapes or s[0] in a.shapes.split(",")]
     cfgs = ["_".join(map(str, c)) for c in CONFIGS]
-    print(f"device us per call (median of 3), ncu; 4-bit group {a.group}")
+    print(f"device us per call (median of 3), ncu; {a.bits}-bit group {a.group}")
     print(f"{'M':>5} {'model':13} {'proj':8} {'N':>6} {'K':>5} {'MLX':>7} " + " ".join(f"{c:>8}" for c in cfgs))
     it = iter(groups)
     for m in a.m:
         for model, proj, N, K in shapes:
             g = next(it)
-            mlx = statistics.median(us for n, us in g if "cider_qmm4" not in n)
+            mlx = statistics.median(us for n, us in g if "cider_qmm" not in n)
             by = {}
             for n, us in g:
-                mt = re.search(r"cider_qmm4_\w+?_(\d+_\d+_\d+_\d+)_\d+$", n.split("(")[0].replace("void ", "").split("::")[-1])
+                mt = re.search(r"cider_qmm4?_\w+?_(\d+_\d+_\d+_\d+)_\d+$", n.split("(")[0].replace("void ", "").split("::")[-1])
                 if mt:
                     by.setdefault(mt.group(1), []).append(us)
             print(f"{m:5} {model:13} {proj:8} {N:6} {K:5} {mlx:7.1f} "
@@ -103,6 +103,7 @@ def main():
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--group", type=int, default=64)
+    ap.add_argument("--bits", type=int, default=4, choices=(4, 8))
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--shapes", default="")
     ap.add_argument("--configs", default="", help="only these, e.g. 2,4,1,8:4,4,1,4")
@@ -115,21 +116,21 @@ def main():
         CONFIGS[:] = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(":")]
     if a.from_ncu:
         return from_ncu(a)
-    print(f"mlx {mx.__version__} {mx.default_device()} group={a.group} dtype={a.dtype}", flush=True)
+    print(f"mlx {mx.__version__} {mx.default_device()} bits={a.bits} group={a.group} dtype={a.dtype}", flush=True)
     for m in a.m:
         for model, proj, N, K in SHAPES:
             if a.shapes and model not in a.shapes.split(","):
                 continue
             mx.random.seed(0)
             w = (mx.random.normal((N, K)) * 0.02).astype(dt)
-            wq, sc, bi = mx.quantize(w, group_size=a.group, bits=4)
+            wq, sc, bi = mx.quantize(w, group_size=a.group, bits=a.bits)
             x = mx.random.normal((m, K)).astype(dt)
             mx.eval(wq, sc, bi, x)
-            qmm = lambda y: mx.quantized_matmul(y, wq, sc, bi, transpose=True, group_size=a.group, bits=4)
+            qmm = lambda y: mx.quantized_matmul(y, wq, sc, bi, transpose=True, group_size=a.group, bits=a.bits)
             ref = qmm(x).astype(mx.float32)
             if a.once:
                 print(f"M={m} {model} {proj} {N} {K}", flush=True)
-                for f in [qmm] + [lambda y, cfg=cfg: cider_qmm(y, wq, sc, bi, a.group, cfg)
+                for f in [qmm] + [lambda y, cfg=cfg: cider_qmm(y, wq, sc, bi, a.group, cfg, a.bits)
                                   for cfg in CONFIGS if N % (8 * cfg[1] * cfg[2]) == 0]:
                     for _ in range(3):
                         mx.eval(f(x))
@@ -140,7 +141,7 @@ def main():
             for cfg in CONFIGS:
                 if N % (8 * cfg[1] * cfg[2]) != 0:
                     continue
-                f = lambda y, cfg=cfg: cider_qmm(y, wq, sc, bi, a.group, cfg)
+                f = lambda y, cfg=cfg: cider_qmm(y, wq, sc, bi, a.group, cfg, a.bits)
                 try:
                     d = mx.abs(f(x).astype(mx.float32) - ref).max().item() / scale
                     t = timed(f, x, a.n, a.reps)

@@ -216,7 +216,7 @@ pub fn run(a: BenchArgs) -> Result<(), Error> {
     let first_submit = col(|r| r.first_submit_ms);
     let rss = max_rss_bytes();
     let same_tokens = runs.windows(2).all(|w| w[0].tokens == w[1].tokens);
-    // Decided at the first 4-bit prompt pass on the GPU (core/cpp/gpu_qmm.cc).
+    // Decided at the first 4/8-bit prompt pass on the GPU (core/cpp/gpu_qmm.cc).
     let gpu_kernels = if gpu { Some(cider_core::mlx::gpu_kernels_status()) } else { None };
 
     if text {

@@ -1,4 +1,4 @@
-// CUDA source of cider's 4-bit prompt-pass matmul, compiled at first use by
+// CUDA source of cider's 4/8-bit prompt-pass matmul, compiled at first use by
 // MLX's JIT (mx::fast::cuda_kernel). Kept as strings in one place so the C++
 // shim (gpu_qmm.cc) and the prototype timer (bench/gpu_qmm.py) run the same
 // text.
@@ -78,8 +78,20 @@ __device__ __forceinline__ u32 dequant_pair(u32 lo, u32 hi,
   return bits(__hfma2(q, s2, b2));
 }
 
-template <typename T, int MT, int NT, int WN, int KS, int G>
-__device__ __forceinline__ void qmm4(const T* x, const u32* w,
+// Bytes 2k and 2k+1 of the 8-bit word pair's `word`, dequantized. bf16
+// cannot hold 128 + q exactly for q >= 128, so this goes through fp32:
+// 0x4B000000 | q is 2^23 + q.
+template <typename T, int PAIR>
+__device__ __forceinline__ u32 dequant_pair8(u32 word, float s, float b) {
+  constexpr u32 lo_sel = 0x7540u | (2 * PAIR), hi_sel = 0x7540u | (2 * PAIR + 1);
+  const float q0 = __uint_as_float(__byte_perm(word, 0x4B000000u, lo_sel)) - 8388608.f;
+  const float q1 = __uint_as_float(__byte_perm(word, 0x4B000000u, hi_sel)) - 8388608.f;
+  return bits(Kind<T>::pack(fmaf(q0, s, b), fmaf(q1, s, b)));
+}
+
+// BITS 4: a thread's 8 weights of a chunk are one word; BITS 8: two.
+template <typename T, int BITS, int MT, int NT, int WN, int KS, int G>
+__device__ __forceinline__ void qmm(const T* x, const u32* w,
     const T* scales, const T* biases, T* y, int M, int N, int K) {
   using K_ = Kind<T>;
   using T2 = typename K_::T2;
@@ -89,7 +101,7 @@ __device__ __forceinline__ void qmm4(const T* x, const u32* w,
   const int row0 = blockIdx.y * (16 * MT);
   const int col0 = (blockIdx.x * WN + wn) * (8 * NT);
   const int chunks = K / 32;
-  const int kw = K / 8;   // packed words per weight row
+  const int kw = K / 8;   // per weight row: 4-bit words, or 8-bit word pairs
   const int gpr = K / G;  // groups per weight row
 
   // This thread's rows (rows past M read row M - 1; never stored) and
@@ -114,9 +126,9 @@ __device__ __forceinline__ void qmm4(const T* x, const u32* w,
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
   uint4 a[MT][2];
-  u32 b[NT];
+  uint2 b[NT];  // 4-bit: .x only
   T sc[NT], bi[NT];
-  auto load = [&](int c, uint4 (&a_)[MT][2], u32 (&b_)[NT], T (&s_)[NT], T (&bb_)[NT]) {
+  auto load = [&](int c, uint4 (&a_)[MT][2], uint2 (&b_)[NT], T (&s_)[NT], T (&bb_)[NT]) {
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -124,7 +136,10 @@ __device__ __forceinline__ void qmm4(const T* x, const u32* w,
     const int gi = (32 * c) / G;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      b_[j] = __ldg(w + (size_t)wo[j] * kw + 4 * c + t);
+      if constexpr (BITS == 8)
+        b_[j] = __ldg(reinterpret_cast<const uint2*>(w) + (size_t)wo[j] * kw + 4 * c + t);
+      else
+        b_[j].x = __ldg(w + (size_t)wo[j] * kw + 4 * c + t);
       s_[j] = scales[(size_t)wo[j] * gpr + gi];
       bb_[j] = biases[(size_t)wo[j] * gpr + gi];
     }
@@ -134,17 +149,26 @@ __device__ __forceinline__ void qmm4(const T* x, const u32* w,
 #pragma unroll 1
   for (; c < chunks; c += KS) {
     uint4 an[MT][2];
-    u32 bn[NT];
+    uint2 bn[NT];
     T sn[NT], bin[NT];
     if (c + KS < chunks) load(c + KS, an, bn, sn, bin);
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      T2 s2 = T2(sc[j], sc[j]), b2 = T2(bi[j], bi[j]);
-      u32 lo = b[j] & 0x0F0F0F0Fu, hi = (b[j] >> 4) & 0x0F0F0F0Fu;
-      u32 p0 = dequant_pair<T, 0>(lo, hi, s2, b2);
-      u32 p1 = dequant_pair<T, 1>(lo, hi, s2, b2);
-      u32 p2 = dequant_pair<T, 2>(lo, hi, s2, b2);
-      u32 p3 = dequant_pair<T, 3>(lo, hi, s2, b2);
+      u32 p0, p1, p2, p3;
+      if constexpr (BITS == 8) {
+        const float s1 = float(sc[j]), b1 = float(bi[j]);
+        p0 = dequant_pair8<T, 0>(b[j].x, s1, b1);
+        p1 = dequant_pair8<T, 1>(b[j].x, s1, b1);
+        p2 = dequant_pair8<T, 0>(b[j].y, s1, b1);
+        p3 = dequant_pair8<T, 1>(b[j].y, s1, b1);
+      } else {
+        T2 s2 = T2(sc[j], sc[j]), b2 = T2(bi[j], bi[j]);
+        u32 lo = b[j].x & 0x0F0F0F0Fu, hi = (b[j].x >> 4) & 0x0F0F0F0Fu;
+        p0 = dequant_pair<T, 0>(lo, hi, s2, b2);
+        p1 = dequant_pair<T, 1>(lo, hi, s2, b2);
+        p2 = dequant_pair<T, 2>(lo, hi, s2, b2);
+        p3 = dequant_pair<T, 3>(lo, hi, s2, b2);
+      }
 #pragma unroll
       for (int i = 0; i < MT; ++i) {
         u32 f0[4] = {a[i][0].x, a[i][1].x, a[i][0].y, a[i][1].y};
@@ -198,12 +222,12 @@ __device__ __forceinline__ void qmm4(const T* x, const u32* w,
 )CUDA";
 
 // The kernel body MLX wraps in its generated signature: inputs x, w, scales,
-// biases; output y; template constants T, MT, NT, WN, KS, G. M is every axis
+// biases; output y; template constants T, BITS, MT, NT, WN, KS, G. M is every axis
 // of x but the last.
 static const char* kCiderQmmBody = R"CUDA(
   int M = 1;
   for (int d = 0; d < x_ndim - 1; ++d) M *= x_shape[d];
   const int K = x_shape[x_ndim - 1];
   const int N = w_shape[0];
-  cider_qmm::qmm4<T, MT, NT, WN, KS, G>(x, w, scales, biases, y, M, N, K);
+  cider_qmm::qmm<T, BITS, MT, NT, WN, KS, G>(x, w, scales, biases, y, M, N, K);
 )CUDA";

@@ -1,5 +1,5 @@
-//! cider's 4-bit prompt matmul on NVIDIA GPUs (core/cpp/gpu_qmm.cc) must
-//! pass its self-check, be used by a 4-bit model's prompt pass, and give
+//! cider's 4/8-bit prompt matmul on NVIDIA GPUs (core/cpp/gpu_qmm.cc) must
+//! pass its self-check, be used by a quantized model's prompt pass, and give
 //! logits that agree with those of MLX's own quantized_matmul on the same
 //! GPU to rounding (it sums in another order, so not bit for bit).
 //! Needs the CUDA build of MLX (mlx-cuda); skips elsewhere, so CI here skips
@@ -24,16 +24,17 @@ fn gpu_prompt_kernel_agrees_with_mlx() {
     }
     // 40 rows: one partial 32- or 64-row tile.
     let prompt: Vec<i32> = (0..40).map(|k| (k * 7 + 3) % WORDS.len() as i32).collect();
-    for (i, (dtype, gs)) in [(Dtype::BF16, 64), (Dtype::F16, 32), (Dtype::BF16, 128)].into_iter().enumerate() {
+    let kinds = [(Dtype::BF16, 4, 64), (Dtype::F16, 4, 32), (Dtype::BF16, 4, 128), (Dtype::BF16, 8, 64), (Dtype::F16, 8, 32)];
+    for (i, (dtype, bits, gs)) in kinds.into_iter().enumerate() {
         let dir = tmpdir(&format!("gpu-qmm-{i}"));
-        write_model(&dir, &Spec { hidden: 256, inter: 512, heads: 4, kv_heads: 2, dtype, quant: Some((4, gs)), ..Default::default() });
+        write_model(&dir, &Spec { hidden: 256, inter: 512, heads: 4, kv_heads: 2, dtype, quant: Some((bits, gs)), ..Default::default() });
 
         mlx::device::set_gpu(true).unwrap();
         let m = Model::load(&dir).unwrap();
         mlx::set_gpu_kernels(true);
         let (ours, census) = logits(&m, &prompt);
         let status = mlx::gpu_kernels_status();
-        let kind = format!("{} g{gs}", if dtype == Dtype::BF16 { "bfloat16" } else { "float16" });
+        let kind = format!("{} {bits}-bit g{gs}", if dtype == Dtype::BF16 { "bfloat16" } else { "float16" });
         if status.contains("compute capability") {
             eprintln!("skipped: {status}");
             return;

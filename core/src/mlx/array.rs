@@ -169,8 +169,8 @@ pub fn cpu_kernels_status() -> String {
     ffi::cpu_kernels_status()
 }
 
-/// Whether cider's 4-bit prompt matmul runs on the GPU ("not used yet" until
-/// a 4-bit model's prompt has run there; see core/cpp/gpu_qmm.cc).
+/// Whether cider's quantized prompt matmul runs on the GPU ("not used yet" until
+/// a 4/8-bit model's prompt has run there; see core/cpp/gpu_qmm.cc).
 pub fn gpu_kernels_status() -> String {
     ffi::gpu_kernels_status()
 }
