@@ -1,15 +1,16 @@
 // cider's quantized matmul for prompt passes on NVIDIA GPUs (source and
 // why: gpu_qmm_src.h). Used instead of MLX's quantized_matmul for
-// 9..2048 rows (512 for 8-bit) of bf16/f16 activations against 4- or 8-bit affine
-// weights, once a self-check against MLX's op has passed for that type, bit
+// 9..2048 rows (512 for 8-bit) of bf16/f16 activations against 4- or 8-bit
+// affine weights, once a self-check against MLX's op has passed for that type, bit
 // width and group size; any other case, or a failed check, leaves MLX's op
 // in place. CIDER_GPU_KERNELS=0 turns it off.
-#include <cmath>
 #include <atomic>
 #include <cstdlib>
 #include <map>
-#include <tuple>
 #include <mutex>
+#include <string>
+#include <tuple>
+#include <variant>
 
 #include "gpu_qmm_src.h"
 #include "mlx/backend/cuda/cuda.h"
@@ -35,6 +36,10 @@ struct Cfg {
   int mt, nt, wn, ks;
 };
 
+// The tiles choose() picks from; the self-check runs every one of them.
+constexpr Cfg SMALL{2, 4, 1, 8}, WIDE{4, 4, 4, 1}, MID{4, 4, 1, 4};
+constexpr Cfg TILES[] = {SMALL, WIDE, MID};
+
 // Chosen from device times on an H100 (ncu over bench/gpu_qmm.py --once, 16
 // to 2048 rows, bench/RESULTS.md): 64 x 32 block tiles with K split 4 ways
 // are near the best almost everywhere. Short prompts, or less than a block
@@ -44,9 +49,9 @@ struct Cfg {
 // 128 rows: 49 us against 58).
 Cfg choose(int M, int N, int K) {
   const int blocks = (M + 63) / 64 * (N / 32);
-  if (M <= 32 || blocks < 132) return {2, 4, 1, 8};
-  if (blocks >= 1024 && K < 4096) return {4, 4, 4, 1};
-  return {4, 4, 1, 4};
+  if (M <= 32 || blocks < 132) return SMALL;
+  if (blocks >= 1024 && K < 4096) return WIDE;
+  return MID;
 }
 
 const mx::fast::CustomKernelFunction& kernel() {
@@ -65,12 +70,13 @@ mx::array run(const mx::array& x, const mx::array& w, const mx::array& scales, c
   const int threads = 32 * c.wn * c.ks, bn = 8 * c.nt * c.wn, bm = 16 * c.mt;
   return kernel()({x, w, scales, biases}, {shape}, {x.dtype()},
                   {threads * (N / bn), (M + bm - 1) / bm, 1}, {threads, 1, 1},
-                  {{"T", x.dtype()}, {"BITS", bits}, {"MT", c.mt}, {"NT", c.nt}, {"WN", c.wn}, {"KS", c.ks}, {"G", group_size}},
+                  {{"T", x.dtype()}, {"BITS", bits}, {"MT", c.mt}, {"NT", c.nt}, {"WN", c.wn}, {"KS", c.ks},
+                   {"G", group_size}},
                   std::nullopt, false, s)[0];
 }
 
+// Called only where MLX's CUDA backend is in use (try_gpu_qlinear checks).
 bool cuda_sm80() {
-  if (!mx::cu::is_available()) return false;
   const auto& info = mx::gpu::device_info(0);
   auto it = info.find("compute_capability_major");
   // mma.sync on bf16 needs sm_80; without the key the self-check decides.
@@ -89,7 +95,7 @@ std::string self_check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
   auto wf = mx::astype(mx::random::normal({N, K}, mx::float32, 0.0f, 0.05f, mx::random::key(8), s), dt, s);
   auto q = mx::quantize(wf, gs, bits, "affine", std::nullopt, s);
   auto ref = mx::astype(mx::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine", s), mx::float32, s);
-  for (Cfg c : {Cfg{2, 4, 1, 8}, Cfg{4, 4, 1, 4}, Cfg{4, 4, 4, 1}}) {
+  for (Cfg c : TILES) {
     auto y = mx::astype(run(x, q[0], q[1], q[2], bits, gs, c, s), mx::float32, s);
     auto err = mx::max(mx::abs(mx::subtract(y, ref, s), s), s);
     auto top = mx::max(mx::abs(ref, s), s);
@@ -97,8 +103,8 @@ std::string self_check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
     const float e = err.item<float>(), t = top.item<float>();
     if (!(e <= 0.02f * t))
       return "results differ from MLX's (tile " + std::to_string(c.mt) + "x" + std::to_string(c.nt) + "x" +
-             std::to_string(c.wn) + "x" + std::to_string(c.ks) + ", " + std::to_string(bits) + "-bit group " + std::to_string(gs) + ": max |diff| " +
-             std::to_string(e) + " of " + std::to_string(t) + ")";
+             std::to_string(c.wn) + "x" + std::to_string(c.ks) + ", " + std::to_string(bits) + "-bit group " +
+             std::to_string(gs) + ": max |diff| " + std::to_string(e) + " of " + std::to_string(t) + ")";
   }
   return "";
 }

@@ -5,9 +5,9 @@
 //
 // Why it exists: on an H100 MLX's M-row quantized matmul (qmm_sm80, 64 x 128
 // tiles, 4 warps) leaves most SMs idle for a 2048-wide projection of a
-// 128-token prompt (32 blocks on 132 SMs) and reaches about a fifth of the
-// tensor cores' mma rate on the wide ones, so a 4-bit model's first token is
-// bound by it (bench/RESULTS.md, "The 4-bit prompt pass's quantized matmul").
+// 128-token prompt (32 blocks on 132 SMs), so a quantized model's first
+// token is bound by it: 5.1 of the 6.2 ms of device time in Llama-3.2-1B
+// 4-bit's prompt pass (bench/RESULTS.md, fifth pass).
 //
 // How: y[M, N] = x[M, K] . dequant(w)[N, K]^T with mma.sync m16n8k16 (fp32
 // accumulators). Each warp owns a (16 MT) x (8 NT) output tile; a block has
@@ -18,10 +18,12 @@
 //
 // The k order inside a 32-wide chunk is permuted (the sum does not depend on
 // it): thread t of a quad takes k = 8t .. 8t+7 for both m16n8k16 steps, so
-// its B fragments are exactly one packed 32-bit word of 8 nibbles, and its A
-// fragments one 16-byte load per row. Nibble pairs become 16-bit floats with
-// the exponent trick (0x4300 | q is 128 + q in bf16, 0x6400 | q is 1024 + q
-// in f16), then w = (p - magic) * scale + bias in one rounding (hfma2).
+// its B fragments are exactly one packed 32-bit word of 8 nibbles (4-bit) or
+// two words of 4 bytes (8-bit), and its A fragments one 16-byte load per
+// row. Nibble pairs become 16-bit floats with the exponent trick (0x4300 | q
+// is 128 + q in bf16, 0x6400 | q is 1024 + q in f16), then
+// w = (p - magic) * scale + bias in one rounding (hfma2); bytes go through
+// fp32 the same way (dequant_pair8).
 #pragma once
 
 static const char* kCiderQmmHeader = R"CUDA(
