@@ -26,6 +26,7 @@ import statistics
 
 import mlx.core as mx
 
+from ncu_sum import rows  # an ncu log's kernels and device times
 from qmm_prompt import SHAPES, timed  # the same shapes and per-call timer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -63,14 +64,8 @@ def cider_qmm(x, wq, sc, bi, group, cfg, bits=4):
 
 def from_ncu(a):
     """Median device us per kernel, per (M, shape): MLX's, then each config."""
-    import csv
-    lines = open(a.from_ncu).read().splitlines()
-    start = next(k for k, l in enumerate(lines) if l.startswith('"ID"'))
-    seq = []
-    for r in csv.DictReader(lines[start:]):
-        name = r["Kernel Name"]
-        if "cider_qmm" in name or "qmm_sm80" in name or "qmv" in name or "qmm_naive" in name:
-            seq.append((name, float(r["Metric Value"].replace(",", "")) / 1e3))
+    seq = [(name, us) for name, _, _, us in rows(a.from_ncu)
+           if "cider_qmm" in name or "qmm_sm80" in name or "qmv" in name or "qmm_naive" in name]
     # A shape's kernels: MLX's (the reference call, then 3), then 3 per config.
     groups, cur = [], None
     for name, us in seq:
@@ -90,7 +85,7 @@ def from_ncu(a):
             mlx = statistics.median(us for n, us in g if "cider_qmm" not in n)
             by = {}
             for n, us in g:
-                mt = re.search(r"cider_qmm4?_\w+?_(\d+_\d+_\d+_\d+)_\d+$", n.split("(")[0].replace("void ", "").split("::")[-1])
+                mt = re.search(r"cider_qmm4?_\w+?_(\d+_\d+_\d+_\d+)_\d+$", n.split("::")[-1])
                 if mt:
                     by.setdefault(mt.group(1), []).append(us)
             print(f"{m:5} {model:13} {proj:8} {N:6} {K:5} {mlx:7.1f} "
