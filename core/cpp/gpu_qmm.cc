@@ -159,10 +159,14 @@ std::optional<mx::array> try_gpu_qlinear(const mx::array& x, const mx::array& w,
 }
 
 void gpu_kernels_enable(bool on) { wanted = on; }
+bool gpu_kernels_wanted() { return wanted; }
 
 rust::String gpu_kernels_status() {
+  // The fused decode kernel's own state (gpu_decode.cc), when it was asked for.
+  const std::string dec = gpu_decode_status();
+  const std::string tail = dec.empty() ? "" : "; decode: " + dec;
   std::lock_guard<std::mutex> lock(checks_mu);
-  if (checks.empty()) return rust::String("not used yet");
+  if (checks.empty()) return rust::String((dec.empty() ? "not used yet" : "prompt: not used yet") + tail);
   std::string on, off;
   for (const auto& [k, why] : checks) {
     const auto& [dt, bits, gs] = k;
@@ -173,9 +177,9 @@ rust::String gpu_kernels_status() {
     else
       off += (off.empty() ? "" : "; ") + what + ": " + why;
   }
-  if (off.empty()) return rust::String("on (" + on + ")");
-  if (on.empty()) return rust::String("off: " + off);
-  return rust::String("on (" + on + "); off: " + off);
+  if (off.empty()) return rust::String("on (" + on + ")" + tail);
+  if (on.empty()) return rust::String("off: " + off + tail);
+  return rust::String("on (" + on + "); off: " + off + tail);
 }
 
 }  // namespace cider

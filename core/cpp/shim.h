@@ -82,8 +82,21 @@ std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
 // false: MLX's op from now on (until true again), for comparisons.
 void gpu_kernels_enable(bool on);
-// "not used yet", "on (<types>)", or which types are off and why.
+// "not used yet", "on (<types>)", or which types are off and why; then the
+// fused decode kernel's state after "; decode: ", once asked for.
 rust::String gpu_kernels_status();
+bool gpu_kernels_wanted();
+// cider's fused decode kernel (gpu_decode.cc): [h + dl] -> RMSNorm(g, eps) ->
+// one row times w [N, K] -> [+ bias] -> mode 0 as is, 1 RoPE on the first
+// `rot` rows (heads of head_dim; freqs, or base 2^log2_base; position
+// rope_scale * pos), 2 SwiGLU of the two halves. Returns [h + dl, y]. Throws
+// where the arguments do not fit; call gpu_decode_ready first.
+bool gpu_decode_ready(uint8_t dtype);
+std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
+                                         const Array& w, const Array& bias, bool has_bias, int32_t mode,
+                                         int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
+                                         bool has_freqs, float log2_base, float rope_scale);
+std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);
 

@@ -75,6 +75,22 @@ impl Rope {
         Ok(Rope { dims: d, traditional, kind, freqs })
     }
 
+    /// What cider's fused decode kernel needs to apply this RoPE itself
+    /// (frequencies, or log2 of the base; the position scale), or None where
+    /// it cannot: traditional (interleaved) pairs, partial rotation, or
+    /// Phi-3's scaled inputs.
+    pub fn fused_params(&self, head_dim: i32) -> Option<(Option<&Array>, f32, f32)> {
+        if self.traditional || self.dims != head_dim {
+            return None;
+        }
+        match (&self.kind, &self.freqs) {
+            // MLX's RoPE kernel takes log2(base) and raises 2 to it.
+            (RopeKind::Default { base, scale }, _) => Some((None, base.log2(), *scale)),
+            (RopeKind::Llama3 { .. }, Some(f)) => Some((Some(f), 0.0, 1.0)),
+            _ => None,
+        }
+    }
+
     /// Apply to x of shape [B, heads, L, head_dim] at position `offset`.
     pub fn forward(&self, x: &Array, offset: i32) -> Result<Array> {
         match (&self.kind, &self.freqs) {

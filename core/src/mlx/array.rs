@@ -188,6 +188,70 @@ pub fn set_gpu_kernels(on: bool) {
     ffi::gpu_kernels_enable(on)
 }
 
+/// Whether cider's fused decode kernel (core/cpp/gpu_decode.cc) can run for
+/// activations of `dtype` on the default device: a GPU, kernels not turned
+/// off, and its self-check against MLX's ops passed (run at the first call).
+pub fn gpu_decode_ready(dtype: Dtype) -> bool {
+    ffi::gpu_decode_ready(dtype as u8).unwrap_or(false)
+}
+
+/// What the fused decode kernel does after its matrix-vector product.
+pub enum DecodeEpilogue<'a> {
+    /// The product as it is: y [1, N].
+    Plain,
+    /// RoPE on the first `rot` outputs, heads of `head_dim`, at position
+    /// `scale * pos`, frequencies `freqs` or base `2^log2_base`:
+    /// y [1, N / head_dim, 1, head_dim].
+    Rope { rot: i32, head_dim: i32, pos: &'a Array, freqs: Option<&'a Array>, log2_base: f32, scale: f32 },
+    /// silu(first half) * second half: y [1, N / 2].
+    Swiglu,
+}
+
+/// Fused one-row step on the GPU: hs = h (+ dl); y = epilogue(rms_norm(hs,
+/// g, eps) @ w.T (+ bias)). Returns (hs, y). Check `gpu_decode_ready` first;
+/// arguments that do not fit are an error, not a fallback.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_norm_gemv(
+    h: &Array,
+    dl: Option<&Array>,
+    g: &Array,
+    eps: f32,
+    w: &Array,
+    bias: Option<&Array>,
+    epi: &DecodeEpilogue,
+) -> Result<(Array, Array)> {
+    let (mode, rot, head_dim, pos, freqs, log2_base, scale) = match epi {
+        DecodeEpilogue::Plain => (0, 0, 2, h, None, 0.0, 1.0),
+        DecodeEpilogue::Rope { rot, head_dim, pos, freqs, log2_base, scale } => {
+            (1, *rot, *head_dim, *pos, *freqs, *log2_base, *scale)
+        }
+        DecodeEpilogue::Swiglu => (2, 0, 2, h, None, 0.0, 1.0),
+    };
+    let l = ffi::gpu_norm_gemv(
+        &h.inner,
+        &dl.unwrap_or(h).inner,
+        dl.is_some(),
+        &g.inner,
+        eps,
+        &w.inner,
+        &bias.unwrap_or(g).inner,
+        bias.is_some(),
+        mode,
+        rot,
+        head_dim,
+        &pos.inner,
+        &freqs.unwrap_or(h).inner,
+        freqs.is_some(),
+        log2_base,
+        scale,
+    )?;
+    let mut v = list_to_vec(l)?.into_iter();
+    match (v.next(), v.next()) {
+        (Some(hs), Some(y)) => Ok((hs, y)),
+        _ => Err(Error::backend("fused decode kernel returned no outputs")),
+    }
+}
+
 /// How many evaluations MLX has submitted and not finished, on all streams.
 pub fn active_tasks() -> usize {
     ffi::active_tasks().max(0) as usize

@@ -38,6 +38,11 @@ pub(crate) mod ffi {
         fn gpu_kernels_status() -> String;
         fn cpu_kernels_enable(on: bool);
         fn gpu_kernels_enable(on: bool);
+        fn gpu_decode_ready(dtype: u8) -> Result<bool>;
+        #[allow(clippy::too_many_arguments)]
+        fn gpu_norm_gemv(h: &Array, dl: &Array, has_dl: bool, g: &Array, eps: f32, w: &Array, bias: &Array,
+                         has_bias: bool, mode: i32, rot: i32, head_dim: i32, pos: &Array, freqs: &Array,
+                         has_freqs: bool, log2_base: f32, rope_scale: f32) -> Result<UniquePtr<ArrayList>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

@@ -4,7 +4,7 @@
 use super::ArchConfig;
 use crate::cache::{KvCache, StandardCache};
 use crate::error::Result;
-use crate::mlx::{Array, Dtype, Mask};
+use crate::mlx::{Array, DecodeEpilogue, Dtype, Mask};
 use crate::nn::{Embedding, Linear, QuantParams, RmsNorm};
 use crate::rope::Rope;
 use crate::weights::Weights;
@@ -50,6 +50,10 @@ pub struct Transformer {
     /// The dtype KV caches keep entries in, when narrower than the compute
     /// dtype (see StandardCache).
     kv_dtype: Option<Dtype>,
+    /// Some(dtype) when every layer has the shape cider's fused GPU decode
+    /// kernel handles, with projection and norm weights all of that dtype
+    /// (see `hidden_fused`).
+    fusable: Option<Dtype>,
 }
 
 // SAFETY: after loading, a Transformer is never mutated; its arrays are
@@ -242,7 +246,21 @@ impl Transformer {
             Some(w.linear("lm_head", d, c.vocab_size, false)?)
         };
         let rope = Rope::new(c.rope_dims, c.rope_traditional, c.rope.clone())?;
-        Ok(Transformer { config, embed, layers, norm, lm_head, rope, kv_dtype })
+        let fused_dtype = layers.first().map(|l| l.input_norm.weight.dtype());
+        let fusable = fused_dtype.filter(|&dt| {
+            let dense = |x: &Linear| matches!(x, Linear::Dense { weight, split, .. } if split.is_empty() && weight.dtype() == dt);
+            d % 8 == 0
+                && d <= 8192
+                && rope.fused_params(hd as i32).is_some()
+                && layers.iter().all(|l| {
+                    matches!(&l.attn.qkv, Qkv::Fused(p) if dense(p))
+                        && l.attn.q_norm.is_none()
+                        && matches!(&l.mlp, Mlp::Fused { gate_up, .. } if dense(gate_up))
+                        && l.input_norm.weight.dtype() == dt
+                        && l.post_norm.weight.dtype() == dt
+                })
+        });
+        Ok(Transformer { config, embed, layers, norm, lm_head, rope, kv_dtype, fusable })
     }
 
     /// ids: [B, L] int32 -> logits [B, L, vocab].
@@ -273,6 +291,14 @@ impl Transformer {
     /// With `last` (one sequence), the last layer keeps only the last row.
     fn hidden(&self, ids: &Array, b: i32, l: i32, caches: &mut [Box<dyn KvCache>], last: bool) -> Result<Array> {
         let mut h = self.embed.forward(ids)?;
+        if b == 1
+            && l == 1
+            && self.fusable == Some(h.dtype())
+            && crate::mlx::device::is_gpu()
+            && crate::mlx::gpu_decode_ready(h.dtype())
+        {
+            return self.hidden_fused(h, caches);
+        }
         let mask = if l > 1 { Mask::Causal } else { Mask::None };
         let n = self.layers.len();
         let mut in_flight = std::collections::VecDeque::new();
@@ -322,6 +348,45 @@ impl Transformer {
             }
         }
         Ok(h)
+    }
+
+    /// One decode step (one sequence, one position, embedded as `h`) through
+    /// cider's fused GPU kernel (core/cpp/gpu_decode.cc): per layer, one
+    /// kernel for residual add + input norm + qkv projection + RoPE and one
+    /// for residual add + post-attention norm + gate/up projection + SwiGLU,
+    /// where the op-for-op path runs eleven nodes (five kernels, six views).
+    /// On an H100 decode is bound by MLX's host time per node, so the
+    /// nodes are the cost. The cache, attention, o and down projections are
+    /// MLX's ops as before. Each layer's MLP output is added to the residual
+    /// by the next layer's kernel (by an add after the last layer).
+    fn hidden_fused(&self, mut h: Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+        let pos = Array::from_i32(&[caches.first().map_or(0, |c| c.offset())], &[1])?;
+        let mut delta: Option<Array> = None;
+        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+            let a = &layer.attn;
+            let (hq, hk, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
+            let (Qkv::Fused(Linear::Dense { weight: wqkv, bias: bqkv, .. }), Mlp::Fused { gate_up, down, .. }) = (&a.qkv, &layer.mlp)
+            else {
+                unreachable!("checked by `fusable` at load")
+            };
+            let Linear::Dense { weight: wgu, bias: bgu, .. } = gate_up else { unreachable!("checked by `fusable` at load") };
+            let (freqs, log2_base, scale) = self.rope.fused_params(d).expect("checked by `fusable` at load");
+            let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: &pos, freqs, log2_base, scale };
+            let n = &layer.input_norm;
+            let (h1, qkv) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope)?;
+            let q = qkv.slice_axis(1, 0, hq)?;
+            let (k, v) = cache.update_and_fetch(&qkv.slice_axis(1, hq, hq + hk)?, &qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)?;
+            let o = Array::sdpa(&q, &k, &v, a.scale, &Mask::None)?;
+            let r = a.o_proj.forward(&o.reshape(&[1, hq * d])?)?;
+            let n = &layer.post_norm;
+            let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu)?;
+            delta = Some(down.forward(&act)?);
+            h = h2;
+        }
+        match delta {
+            Some(r) => h.add(&r),
+            None => Ok(h),
+        }
     }
 
     fn head(&self, h: &Array) -> Result<Array> {

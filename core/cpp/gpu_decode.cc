@@ -1,0 +1,230 @@
+// cider's fused decode kernel on NVIDIA GPUs (source and why:
+// gpu_decode_src.h): [residual add] -> RMSNorm -> one-row projection ->
+// [bias] -> RoPE or SwiGLU, in one graph node. The model decides where it
+// applies (core/src/models/fused.rs); this file checks the arguments, runs a
+// self-check against MLX's own ops once per activation type, and launches.
+// CIDER_GPU_KERNELS=0 (or gpu_kernels_enable(false)) turns it off.
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include "gpu_decode_src.h"
+#include "mlx/backend/cuda/cuda.h"
+#include "mlx/fast.h"
+#include "shim.h"
+
+namespace mx = mlx::core;
+
+namespace cider {
+namespace {
+
+constexpr int WARPS = 8;
+// The normalised row lives in static shared memory (4 bytes an element).
+constexpr int MAX_K = 8192;
+
+int float_bits(float f) {
+  int i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
+
+const mx::fast::CustomKernelFunction& kernel() {
+  static const mx::fast::CustomKernelFunction k = mx::fast::cuda_kernel(
+      "cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, kCiderDecodeBody,
+      kCiderDecodeHeader, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
+  return k;
+}
+
+struct Rope {
+  int rot = 0, head_dim = 2;
+  const mx::array* freqs = nullptr;  // else base 2^log2_base
+  float log2_base = 0.f, scale = 1.f;
+};
+
+// Shapes and types were checked by the caller (norm_gemv).
+std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
+                              const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
+                              const mx::array& pos, const mx::Stream& s) {
+  static const mx::array no_freqs = mx::array({0.0f});
+  const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
+  // RoPE's output comes in the attention layout [1, heads, 1, head_dim]:
+  // q, k and v are then views, with no reshape node between.
+  const mx::Shape yshape = mode == 2   ? mx::Shape{1, N / 2}
+                           : mode == 1 ? mx::Shape{1, N / rope.head_dim, 1, rope.head_dim}
+                                       : mx::Shape{1, N};
+  return kernel()({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs},
+                  {h.shape(), yshape}, {h.dtype(), h.dtype()},
+                  {32 * WARPS * ((pairs + WARPS - 1) / WARPS), 1, 1}, {32 * WARPS, 1, 1},
+                  {{"T", h.dtype()}, {"K", K}, {"N", N}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
+                   {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
+                   {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)},
+                   {"LOG2B", float_bits(rope.log2_base)}},
+                  std::nullopt, false, s);
+}
+
+// MLX's ops for the same step, each rounding as it does in a model.
+std::vector<mx::array> reference(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
+                                 const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
+                                 int offset, const mx::Stream& s) {
+  auto hh = dl ? mx::add(h, *dl, s) : h;
+  auto n = mx::fast::rms_norm(hh, g, eps, s);
+  auto wt = mx::transpose(w, {1, 0}, s);
+  auto y = bias ? mx::addmm(*bias, n, wt, 1.0f, 1.0f, s) : mx::matmul(n, wt, s);
+  const int N = w.shape(0);
+  if (mode == 2) {
+    auto gate = mx::slice(y, {0, 0}, {1, N / 2}, s), up = mx::slice(y, {0, N / 2}, {1, N}, s);
+    y = mx::multiply(mx::multiply(gate, mx::sigmoid(gate, s), s), up, s);
+  } else if (mode == 1) {
+    const int D = rope.head_dim, hr = rope.rot / D;
+    auto heads = mx::reshape(y, {1, N / D, 1, D}, s);
+    auto qk = mx::slice(heads, {0, 0, 0, 0}, {1, hr, 1, D}, s);
+    qk = rope.freqs ? mx::fast::rope(qk, D, false, std::nullopt, rope.scale, offset, *rope.freqs, s)
+                    : mx::fast::rope(qk, D, false, std::exp2(rope.log2_base), rope.scale, offset, std::nullopt, s);
+    auto rest = mx::slice(heads, {0, hr, 0, 0}, {1, N / D, 1, D}, s);
+    y = mx::reshape(mx::concatenate({qk, rest}, 1, s), {1, N}, s);
+  }
+  return {hh, y};
+}
+
+// Each mode, with and without the residual add and a bias, on a shape with a
+// partial 256-wide chunk (K = 640) against MLX's ops. The dot products sum
+// in another order than cuBLAS, so outputs agree to rounding: allowed 2 % of
+// the largest magnitude (a wrong row, pair or rotation is off by its size).
+// The residual sum must agree exactly.
+std::string self_check(mx::Dtype dt, const mx::Stream& s) {
+  const int K = 640, D = 64;
+  auto rnd = [&](mx::Shape shape, float sd, int seed) {
+    return mx::astype(mx::random::normal(shape, mx::float32, 0.0f, sd, mx::random::key(seed), s), dt, s);
+  };
+  auto h = rnd({1, K}, 1.0f, 1), dl = rnd({1, K}, 1.0f, 2), g = rnd({K}, 0.3f, 3);
+  auto freqs = mx::astype(mx::exp(mx::multiply(mx::arange(0, D / 2, mx::float32, s), mx::array(0.3f), s), s),
+                          mx::float32, s);
+  const int offset = 37;
+  auto pos = mx::array({offset});
+  struct Case {
+    int mode, n;
+    bool add, bias, use_freqs;
+  };
+  const Case cases[] = {{1, 8 * D, true, false, true}, {1, 8 * D, false, true, false}, {2, 768, true, false, false},
+                        {2, 768, true, true, false}, {0, 256, true, false, false}};
+  for (const Case& c : cases) {
+    auto w = rnd({c.n, K}, 0.05f, 10 + c.mode), b = rnd({1, c.n}, 0.5f, 20 + c.mode);
+    Rope rope;
+    if (c.mode == 1) {
+      rope.rot = 6 * D;
+      rope.head_dim = D;
+      rope.freqs = c.use_freqs ? &freqs : nullptr;
+      rope.log2_base = std::log2(10000.0f);
+      rope.scale = c.use_freqs ? 1.0f : 0.5f;
+    }
+    const mx::array* dlp = c.add ? &dl : nullptr;
+    const mx::array* bp = c.bias ? &b : nullptr;
+    auto got = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, s);
+    auto want = reference(h, dlp, g, 1e-5f, w, bp, c.mode, rope, offset, s);
+    auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
+    auto err = mx::max(mx::abs(mx::subtract(f32(got[1]), f32(want[1]), s), s), s);
+    auto top = mx::max(mx::abs(f32(want[1]), s), s);
+    auto herr = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(want[0]), s), s), s);
+    mx::eval({err, top, herr});
+    const float e = err.item<float>(), t = top.item<float>(), he = herr.item<float>();
+    const std::string what = "mode " + std::to_string(c.mode) + (c.add ? " +add" : "") + (c.bias ? " +bias" : "");
+    if (!(e <= 0.02f * t))
+      return "results differ from MLX's (" + what + ": max |diff| " + std::to_string(e) + " of " +
+             std::to_string(t) + ")";
+    if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
+  }
+  return "";
+}
+
+std::mutex mu;
+// dtype -> "" when in use, else why not.
+std::map<int, std::string> checks;
+
+const std::string& check(mx::Dtype dt, const mx::Stream& s) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = checks.find(int(dt.val()));
+  if (it != checks.end()) return it->second;
+  std::string why;
+  const char* env = std::getenv("CIDER_GPU_KERNELS");
+  if (env && std::string(env) == "0") {
+    why = "turned off by CIDER_GPU_KERNELS=0";
+  } else {
+    try {
+      why = self_check(dt, s);
+    } catch (const std::exception& e) {
+      why = std::string("self-check failed: ") + e.what();
+    }
+  }
+  return checks.emplace(int(dt.val()), why).first->second;
+}
+
+std::string shape_str(const mx::array& a) {
+  std::string r = "[";
+  for (size_t i = 0; i < a.ndim(); i++) r += (i ? ", " : "") + std::to_string(a.shape(i));
+  return r + "]";
+}
+
+}  // namespace
+
+bool gpu_decode_ready(uint8_t dtype_code) {
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  const mx::Dtype dt = dtype_code == 11 ? mx::bfloat16 : dtype_code == 9 ? mx::float16 : mx::float32;
+  if (s.device != mx::Device::gpu || dt == mx::float32 || !gpu_kernels_wanted() || !mx::cu::is_available())
+    return false;
+  return check(dt, s).empty();
+}
+
+std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
+                                         const Array& w, const Array& bias, bool has_bias, int32_t mode,
+                                         int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
+                                         bool has_freqs, float log2_base, float rope_scale) {
+  const mx::Dtype dt = h.a.dtype();
+  const int K = h.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
+  // The model checks all of this once at load; a mismatch here is a bug
+  // there, reported instead of launching on memory the kernel does not own.
+  auto bad = [&](const std::string& what) {
+    throw std::invalid_argument("fused decode kernel: " + what + " (h " + shape_str(h.a) + ", w " +
+                                shape_str(w.a) + ")");
+  };
+  if (dt != mx::bfloat16 && dt != mx::float16) bad("activations must be bfloat16 or float16");
+  if (h.a.ndim() != 2 || h.a.shape(0) != 1) bad("h must be one row [1, K]");
+  if (w.a.ndim() != 2 || w.a.shape(1) != K || w.a.dtype() != dt || !w.a.flags().row_contiguous)
+    bad("w must be a row-contiguous [N, K] of h's dtype");
+  if (K % 8 != 0 || K > MAX_K) bad("K must be a multiple of 8, at most " + std::to_string(MAX_K));
+  if (N % 2 != 0 || N == 0) bad("N must be even");
+  if (g.a.size() != size_t(K) || g.a.dtype() != dt) bad("norm weight must have K elements of h's dtype");
+  if (has_dl && (dl.a.shape() != h.a.shape() || dl.a.dtype() != dt)) bad("residual must match h");
+  if (has_bias && (bias.a.size() != size_t(N) || bias.a.dtype() != dt)) bad("bias must have N elements");
+  if (mode < 0 || mode > 2) bad("unknown mode " + std::to_string(mode));
+  Rope rope;
+  if (mode == 1) {
+    if (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N) bad("bad RoPE heads");
+    if (pos.a.dtype() != mx::int32 || pos.a.size() != 1) bad("position must be one int32");
+    if (has_freqs && (freqs.a.dtype() != mx::float32 || freqs.a.size() != size_t(head_dim / 2)))
+      bad("RoPE frequencies must be head_dim / 2 float32 values");
+    rope = Rope{rot, head_dim, has_freqs ? &freqs.a : nullptr, log2_base, rope_scale};
+  }
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!gpu_decode_ready(uint8_t(dt == mx::bfloat16 ? 11 : 9))) bad("not available on this device");
+  auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
+                    pos.a, s);
+  auto l = std::make_unique<ArrayList>();
+  l->v = std::move(out);
+  return l;
+}
+
+std::string gpu_decode_status() {
+  std::lock_guard<std::mutex> lock(mu);
+  std::string r;
+  for (const auto& [dt, why] : checks) {
+    const std::string what = dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16";
+    r += (r.empty() ? "" : ", ") + what + (why.empty() ? " on" : " off: " + why);
+  }
+  return r;
+}
+
+}  // namespace cider

@@ -1,0 +1,60 @@
+//! cider's fused decode kernel on NVIDIA GPUs (core/cpp/gpu_decode.cc) must
+//! pass its self-check, be used by a dense model's one-token steps, and give
+//! logits that agree with MLX's own ops on the same GPU to rounding (its dot
+//! products sum in another order than cuBLAS, so not bit for bit).
+//! Needs the CUDA build of MLX (mlx-cuda); skips elsewhere, so CI here skips
+//! it: it is run on the lent GPU machine (bench/RESULTS.md).
+//! One test function: the on/off switch is process-wide.
+mod common;
+
+use common::*;
+use cider_core::mlx::{self, Array, Dtype};
+use cider_core::Model;
+
+/// Logits of a prompt pass and three decode steps, with the graph census of
+/// the last step.
+fn decode(m: &Model) -> (Vec<Vec<f32>>, Vec<String>) {
+    let prompt: Vec<i32> = (0..12).map(|k| (k * 7 + 3) % WORDS.len() as i32).collect();
+    let mut caches = m.net.make_caches();
+    let mut out = vec![m.forward(&Array::from_i32(&prompt, &[1, prompt.len() as i32]).unwrap(), &mut caches).unwrap()];
+    for t in [9, 21, 4] {
+        out.push(m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap());
+    }
+    let census = mlx::graph_census(&[out.last().unwrap()]);
+    (out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap()).collect(), census)
+}
+
+#[test]
+fn gpu_decode_kernel_agrees_with_mlx() {
+    if !mlx::device::gpu_available() || std::env::var("CIDER_GPU_KERNELS").as_deref() == Ok("0") {
+        eprintln!("skipped: no GPU, or CIDER_GPU_KERNELS=0");
+        return;
+    }
+    // hidden 384: one full and one partial 256-wide chunk per row.
+    let kinds = [(Dtype::BF16, false, 256), (Dtype::F16, true, 384), (Dtype::BF16, true, 512)];
+    for (i, (dtype, bias, hidden)) in kinds.into_iter().enumerate() {
+        let dir = tmpdir(&format!("gpu-decode-{i}"));
+        write_model(&dir, &Spec { hidden, inter: 2 * hidden, heads: hidden / 64, kv_heads: hidden / 128, dtype, bias, ..Default::default() });
+        mlx::device::set_gpu(true).unwrap();
+        let m = Model::load(&dir).unwrap();
+        let kind = format!("{} bias {bias} hidden {hidden}", if dtype == Dtype::BF16 { "bfloat16" } else { "float16" });
+        mlx::set_gpu_kernels(true);
+        let (ours, census) = decode(&m);
+        let status = mlx::gpu_kernels_status();
+        let name = if dtype == Dtype::BF16 { "bfloat16 on" } else { "float16 on" };
+        assert!(status.contains("decode: ") && status.contains(name), "{kind}: {status}");
+        assert!(census.iter().any(|p| p == "CustomKernel"), "{kind}: kernel not in the decode step: {census:?}");
+        mlx::set_gpu_kernels(false);
+        let (theirs, census) = decode(&m);
+        mlx::set_gpu_kernels(true);
+        assert!(!census.iter().any(|p| p == "CustomKernel"), "{kind}: kernel used while off");
+        for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            let top = b.iter().fold(0f32, |t, x| t.max(x.abs()));
+            let diff = a.iter().zip(b).fold(0f32, |t, (x, y)| t.max((x - y).abs()));
+            // A wrong row, pair or rotation is off by the logits' own size;
+            // rounding differences are a few bf16 steps.
+            eprintln!("{kind} step {step}: max |ours - MLX's| {diff} of {top}");
+            assert!(diff <= 0.02 * top, "{kind} step {step}: logits differ by {diff} (largest {top})");
+        }
+    }
+}
