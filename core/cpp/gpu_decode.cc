@@ -32,11 +32,41 @@ int float_bits(float f) {
   return i;
 }
 
-const mx::fast::CustomKernelFunction& kernel() {
-  static const mx::fast::CustomKernelFunction k = mx::fast::cuda_kernel(
-      "cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, kCiderDecodeBody,
-      kCiderDecodeHeader, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
-  return k;
+// MLX copies and hashes a custom kernel's whole source on every call (host
+// time per decode step, the cost this kernel is for), so comments and
+// indentation are dropped once here.
+std::string minified(const std::string& text) {
+  std::string out, line;
+  size_t i = 0;
+  while (i < text.size()) {
+    size_t j = text.find('\n', i);
+    if (j == std::string::npos) j = text.size();
+    line = text.substr(i, j - i);
+    i = j + 1;
+    if (line.find('"') == std::string::npos) {
+      const size_t c = line.find("//");
+      if (c != std::string::npos) line.resize(c);
+    }
+    const size_t a = line.find_first_not_of(" \t"), b = line.find_last_not_of(" \t");
+    if (a == std::string::npos) continue;
+    out += line.substr(a, b - a + 1);
+    out += '\n';
+  }
+  return out;
+}
+
+// The plain variant (output y) and the KV variant (q, and keys and values
+// into the cache in place).
+const mx::fast::CustomKernelFunction& kernel(bool kv) {
+  static const mx::fast::CustomKernelFunction plain = mx::fast::cuda_kernel(
+      "cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"},
+      kCiderStoreY + minified(kCiderDecodeBody), minified(kCiderDecodeHeader), /*ensure_row_contiguous=*/true,
+      /*shared_memory=*/0);
+  static const mx::fast::CustomKernelFunction with_kv = mx::fast::cuda_kernel(
+      "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache"}, {"hout", "q"},
+      kCiderStoreKv + minified(kCiderDecodeBody), minified(kCiderDecodeHeader), /*ensure_row_contiguous=*/true,
+      /*shared_memory=*/0);
+  return kv ? with_kv : plain;
 }
 
 struct Rope {
@@ -45,18 +75,30 @@ struct Rope {
   float log2_base = 0.f, scale = 1.f;
 };
 
-// Shapes and types were checked by the caller (norm_gemv).
+// Shapes and types were checked by the caller (gpu_norm_gemv). With
+// `cache`, rows from qn on are keys and values written into it.
 std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
                               const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
-                              const mx::array& pos, const mx::Stream& s) {
+                              const mx::array& pos, const mx::array* cache, int qn, const mx::Stream& s) {
   static const mx::array no_freqs = mx::array({0.0f});
   const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
+  if (cache) {
+    std::vector<mx::array> in{h, dl ? *dl : h, g, w, bias ? *bias : g, pos,
+                              rope.freqs ? *rope.freqs : no_freqs, *cache};
+    return kernel(true)(
+        in, {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
+        {32 * WARPS * ((pairs + WARPS - 1) / WARPS), 1, 1}, {32 * WARPS, 1, 1},
+        {{"T", h.dtype()}, {"K", K}, {"N", N}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr}, {"MODE", mode},
+         {"D", rope.head_dim}, {"ROT", rope.rot}, {"QN", qn}, {"FREQS", rope.freqs != nullptr},
+         {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)}},
+        std::nullopt, false, s);
+  }
   // RoPE's output comes in the attention layout [1, heads, 1, head_dim]:
   // q, k and v are then views, with no reshape node between.
   const mx::Shape yshape = mode == 2   ? mx::Shape{1, N / 2}
                            : mode == 1 ? mx::Shape{1, N / rope.head_dim, 1, rope.head_dim}
                                        : mx::Shape{1, N};
-  return kernel()({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs},
+  return kernel(false)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs},
                   {h.shape(), yshape}, {h.dtype(), h.dtype()},
                   {32 * WARPS * ((pairs + WARPS - 1) / WARPS), 1, 1}, {32 * WARPS, 1, 1},
                   {{"T", h.dtype()}, {"K", K}, {"N", N}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
@@ -123,9 +165,28 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
     }
     const mx::array* dlp = c.add ? &dl : nullptr;
     const mx::array* bp = c.bias ? &b : nullptr;
-    auto got = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, s);
+    auto got = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, nullptr, 0, s);
     auto want = reference(h, dlp, g, 1e-5f, w, bp, c.mode, rope, offset, s);
     auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
+    if (c.mode == 1) {
+      // The KV variant: q out, keys and values into a cache at `offset`,
+      // every other position left as it was.
+      const int qn = 4 * D, cap = offset + 3;
+      auto cache = mx::zeros({1, 4, cap, D}, dt, s);
+      mx::eval(cache);
+      auto q = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, &cache, qn, s)[1];
+      mx::eval(q);
+      auto slot = mx::slice(cache, {0, 0, offset, 0}, {1, 4, offset + 1, D}, s);
+      auto got_kv = mx::concatenate({f32(q), f32(slot)}, 0, s);
+      auto others = mx::concatenate({mx::slice(cache, {0, 0, 0, 0}, {1, 4, offset, D}, s),
+                                     mx::slice(cache, {0, 0, offset + 1, 0}, {1, 4, cap, D}, s)}, 2, s);
+      auto kerr = mx::max(mx::abs(mx::subtract(got_kv, f32(want[1]), s), s), s);
+      auto stray = mx::max(mx::abs(f32(others), s), s);
+      mx::eval({kerr, stray});
+      if (!(kerr.item<float>() == 0.0f) || !(stray.item<float>() == 0.0f))
+        return "KV variant differs from the plain one (max |diff| " + std::to_string(kerr.item<float>()) +
+               ", other positions " + std::to_string(stray.item<float>()) + ")";
+    }
     auto err = mx::max(mx::abs(mx::subtract(f32(got[1]), f32(want[1]), s), s), s);
     auto top = mx::max(mx::abs(f32(want[1]), s), s);
     auto herr = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(want[0]), s), s), s);
@@ -181,7 +242,8 @@ bool gpu_decode_ready(uint8_t dtype_code) {
 std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
-                                         bool has_freqs, float log2_base, float rope_scale) {
+                                         bool has_freqs, float log2_base, float rope_scale, const Array& cache,
+                                         bool has_cache, int32_t qn) {
   const mx::Dtype dt = h.a.dtype();
   const int K = h.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
   // The model checks all of this once at load; a mismatch here is a bug
@@ -208,10 +270,28 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
       bad("RoPE frequencies must be head_dim / 2 float32 values");
     rope = Rope{rot, head_dim, has_freqs ? &freqs.a : nullptr, log2_base, rope_scale};
   }
+  if (has_cache) {
+    // The kernel writes where nothing else reads before it: the cache's
+    // owner passes its buffer, already holding room for this position, and
+    // the attention that reads it takes q from this kernel, so runs after.
+    // MLX would copy an input that is not row-contiguous (the write would go
+    // to the copy) and a position past the capacity would be out of bounds:
+    // both are refused here.
+    const auto& c = cache.a;
+    if (mode != 1 || qn % head_dim || qn >= rot) bad("the KV variant needs RoPE and q rows below the rotated ones");
+    if (c.dtype() != dt || c.ndim() != 4 || c.shape(0) != 1 || c.shape(3) != head_dim ||
+        int64_t(c.shape(1)) * head_dim != N - qn || !c.flags().row_contiguous || !c.is_available())
+      bad("cache must be an evaluated, row-contiguous [1, " + std::to_string((N - qn) / head_dim) + ", capacity, " +
+          std::to_string(head_dim) + "] of h's dtype, not " + shape_str(c));
+    if (!pos.a.is_available()) bad("position must be evaluated");
+    const int p = pos.a.item<int32_t>();
+    if (p < 0 || p >= c.shape(2))
+      bad("position " + std::to_string(p) + " outside the cache's " + std::to_string(c.shape(2)) + " slots");
+  }
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!gpu_decode_ready(uint8_t(dt == mx::bfloat16 ? 11 : 9))) bad("not available on this device");
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
-                    pos.a, s);
+                    pos.a, has_cache ? &cache.a : nullptr, qn, s);
   auto l = std::make_unique<ArrayList>();
   l->v = std::move(out);
   return l;

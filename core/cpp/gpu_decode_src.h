@@ -54,7 +54,8 @@ __device__ __forceinline__ float warp_sum(float v) {
 // Inputs: h [K] (residual row), dl [K] (added to h when ADD), g [K] (norm
 // weight), w [N, K] (row-major), bias [N] (when BIAS), pos [1] int32 (RoPE
 // position), freqs [D/2] float32 (RoPE frequencies when FREQS).
-// Outputs: hout [K] (h + dl, rounded; h when not ADD), y.
+// Outputs: hout [K] (h + dl, rounded; h when not ADD), y (or q, see
+// kCiderStoreKv; the KV variant also takes cache).
 // MODE 0: y [N]; 1: y [N] with rows < ROT rotated (head dim D, position
 // SCALE * pos, frequencies freqs or base 2^LOG2B); 2: y [N/2] =
 // silu(rows < N/2) * (rows >= N/2). EPS, SCALE, LOG2B: float bits.
@@ -153,7 +154,7 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
     const float gt = static_cast<float>(t0);
     const T s = static_cast<T>(1.0f / (1.0f + expf(-gt)));
     const T sg = static_cast<T>(gt * static_cast<float>(s));
-    y[pair] = static_cast<T>(static_cast<float>(sg) * static_cast<float>(t1));
+    CIDER_STORE(pair, static_cast<T>(static_cast<float>(sg) * static_cast<float>(t1)));
     return;
   }
   if (MODE == 1 && r0 < ROT) {
@@ -170,8 +171,18 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
     t0 = static_cast<T>(x1 * cs - x2 * sn);
     t1 = static_cast<T>(x1 * sn + x2 * cs);
   }
-  y[r0] = t0;
-  y[r1] = t1;
+  CIDER_STORE(r0, t0);
+  CIDER_STORE(r1, t1);
 )CUDA";
+
+// Where an output row goes: y, or (the KV variant) q [1, QN / D, 1, D] for
+// rows < QN and the rest, keys then values, written in place at position
+// pos of the KV cache buffer [1, heads, capacity, D] (the cache's only
+// owner passes it; see gpu_decode.cc for why that is sound).
+inline constexpr const char* kCiderStoreY = "#define CIDER_STORE(r, v) y[r] = (v)\n";
+inline constexpr const char* kCiderStoreKv =
+    "#define CIDER_STORE(r, v) do { const int r_ = (r); if (r_ < QN) q[r_] = (v); else { "
+    "const int i_ = r_ - QN; const_cast<T*>(cache)[(size_t(i_ / D) * cache_shape[2] + pos[0]) * D + i_ % D] = (v); "
+    "} } while (0)\n";
 
 }  // namespace cider

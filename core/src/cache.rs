@@ -14,6 +14,14 @@ pub trait KvCache: Send {
     /// The arrays to evaluate to materialise the cache.
     fn state(&self) -> Vec<&Array>;
     fn nbytes(&self) -> usize;
+    /// For one-position steps whose keys and values a kernel writes in
+    /// place (cider's fused GPU decode): the buffer holding keys then values,
+    /// [1, 2 * kv_heads, capacity, head_dim] of `dtype`, evaluated, with room
+    /// for one more position, and that position, which counts as stored from
+    /// now on. None where this cache cannot (then use `update_and_fetch`).
+    fn joint_slot(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype) -> Result<Option<(Array, i32)>> {
+        Ok(None)
+    }
 }
 
 /// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps
@@ -36,6 +44,9 @@ pub trait KvCache: Send {
 pub struct StandardCache {
     keys: Option<Array>,
     values: Option<Array>,
+    /// Keys and values in one buffer, keys first along axis 1 (see
+    /// `joint_slot`); when set, `keys` and `values` are None.
+    joint: Option<Array>,
     offset: i32,
     store: Option<Dtype>,
 }
@@ -73,6 +84,13 @@ fn widen(k: Array, v: Array, compute: Dtype) -> Result<(Array, Array)> {
 
 impl KvCache for StandardCache {
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
+        if let Some(j) = self.joint.take() {
+            // Back to separate buffers (a multi-position update after fused
+            // steps): views of the joint one, copied by the next write.
+            let (n, h) = (j.dim(1), j.dim(1) / 2);
+            self.keys = Some(j.slice_axis(1, 0, h)?);
+            self.values = Some(j.slice_axis(1, h, n)?);
+        }
         let compute = keys.dtype();
         let narrowed;
         let (keys, values) = match self.store {
@@ -130,9 +148,55 @@ impl KvCache for StandardCache {
         n
     }
     fn state(&self) -> Vec<&Array> {
-        self.keys.iter().chain(self.values.iter()).collect()
+        self.keys.iter().chain(self.values.iter()).chain(self.joint.iter()).collect()
     }
     fn nbytes(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.nbytes()) + self.values.as_ref().map_or(0, |v| v.nbytes())
+        [&self.keys, &self.values, &self.joint].iter().map(|a| a.as_ref().map_or(0, |x| x.nbytes())).sum()
+    }
+    /// The buffer is made (from the separate keys and values, as the first
+    /// decode step after a prompt) and grown by `step()` positions with
+    /// MLX's ops, then evaluated, so the kernel gets a materialised buffer
+    /// this cache alone holds: about once per 255 steps, a wait for the
+    /// device. Positions past the offset (after a trim) are stale and
+    /// overwritten.
+    fn joint_slot(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype) -> Result<Option<(Array, i32)>> {
+        if self.store.is_some_and(|s| s != dtype) {
+            return Ok(None);
+        }
+        let pos = self.offset;
+        let cap = self.joint.as_ref().map_or(0, |j| j.dim(2));
+        if pos + 1 > cap {
+            let old = match (self.joint.take(), self.keys.take(), self.values.take()) {
+                (Some(j), ..) => Some(j.slice_axis(2, 0, pos)?),
+                (None, Some(k), Some(v)) => {
+                    Some(Array::concatenate(&k.slice_axis(2, 0, pos)?, &v.slice_axis(2, 0, pos)?, 1)?)
+                }
+                _ => None,
+            };
+            if let Some(o) = &old {
+                let s = o.shape();
+                if o.dtype() != dtype || s[0] != 1 || s[1] != 2 * kv_heads || s[3] != head_dim {
+                    return Err(crate::error::Error::backend(format!(
+                        "KV cache holds {:?} {:?}, a fused decode step needs [1, {}, _, {}] {:?}",
+                        o.dtype(),
+                        s,
+                        2 * kv_heads,
+                        head_dim,
+                        dtype
+                    )));
+                }
+            }
+            let step = step();
+            let new_cap = (pos + 1 + step - 1) / step * step;
+            let fresh = Array::zeros(&[1, 2 * kv_heads, new_cap - pos, head_dim], dtype)?;
+            let j = match old {
+                Some(o) if pos > 0 => Array::concatenate(&o, &fresh, 2)?,
+                _ => fresh.contiguous()?,
+            };
+            j.eval()?;
+            self.joint = Some(j);
+        }
+        self.offset += 1;
+        Ok(Some((self.joint.clone().unwrap(), pos)))
     }
 }
