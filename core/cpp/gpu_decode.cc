@@ -63,7 +63,7 @@ const mx::fast::CustomKernelFunction& kernel(bool kv) {
       kCiderStoreY + minified(kCiderDecodeBody), minified(kCiderDecodeHeader), /*ensure_row_contiguous=*/true,
       /*shared_memory=*/0);
   static const mx::fast::CustomKernelFunction with_kv = mx::fast::cuda_kernel(
-      "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache"}, {"hout", "q"},
+      "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
       kCiderStoreKv + minified(kCiderDecodeBody), minified(kCiderDecodeHeader), /*ensure_row_contiguous=*/true,
       /*shared_memory=*/0);
   return kv ? with_kv : plain;
@@ -79,12 +79,13 @@ struct Rope {
 // `cache`, rows from qn on are keys and values written into it.
 std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
                               const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
-                              const mx::array& pos, const mx::array* cache, int qn, const mx::Stream& s) {
+                              const mx::array& pos, const mx::array* cache, int qn, const mx::Stream& s,
+                              const mx::array* prev = nullptr) {
   static const mx::array no_freqs = mx::array({0.0f});
   const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
   if (cache) {
     std::vector<mx::array> in{h, dl ? *dl : h, g, w, bias ? *bias : g, pos,
-                              rope.freqs ? *rope.freqs : no_freqs, *cache};
+                              rope.freqs ? *rope.freqs : no_freqs, *cache, prev ? *prev : *cache};
     return kernel(true)(
         in, {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
         {32 * WARPS * ((pairs + WARPS - 1) / WARPS), 1, 1}, {32 * WARPS, 1, 1},
@@ -243,7 +244,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn) {
+                                         bool has_cache, int32_t qn, const Array& prev) {
   const mx::Dtype dt = h.a.dtype();
   const int K = h.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
   // The model checks all of this once at load; a mismatch here is a bug
@@ -274,6 +275,10 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
     // The kernel writes where nothing else reads before it: the cache's
     // owner passes its buffer, already holding room for this position, and
     // the attention that reads it takes q from this kernel, so runs after.
+    // MLX sees no write, so ordering between steps comes from `prev`, what
+    // the last step computed from this buffer (an input the kernel does not
+    // read): in a graph of several steps built before evaluating, each
+    // step's write comes after the previous step's write and read.
     // MLX would copy an input that is not row-contiguous (the write would go
     // to the copy) and a position past the capacity would be out of bounds:
     // both are refused here.
@@ -291,7 +296,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!gpu_decode_ready(uint8_t(dt == mx::bfloat16 ? 11 : 9))) bad("not available on this device");
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
-                    pos.a, has_cache ? &cache.a : nullptr, qn, s);
+                    pos.a, has_cache ? &cache.a : nullptr, qn, s, &prev.a);
   auto l = std::make_unique<ArrayList>();
   l->v = std::move(out);
   return l;

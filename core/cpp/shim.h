@@ -92,14 +92,15 @@ bool gpu_kernels_wanted();
 // rope_scale * pos), 2 SwiGLU of the two halves. Returns [h + dl, y]. With
 // has_cache (mode 1), returns [h + dl, q] (rows < qn) and writes the other
 // rows (keys, then values) into cache [1, heads, capacity, head_dim] at
-// position pos, in place. Throws where the arguments do not fit; call
+// position pos, in place, after `prev` (the last writer's output) has
+// been computed. Throws where the arguments do not fit; call
 // gpu_decode_ready first.
 bool gpu_decode_ready(uint8_t dtype);
 std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn);
+                                         bool has_cache, int32_t qn, const Array& prev);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

@@ -19,9 +19,19 @@ pub trait KvCache: Send {
     /// [1, 2 * kv_heads, capacity, head_dim] of `dtype`, evaluated, with room
     /// for one more position, and that position, which counts as stored from
     /// now on. None where this cache cannot (then use `update_and_fetch`).
-    fn joint_slot(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype) -> Result<Option<(Array, i32)>> {
+    /// MLX does not see those writes, so the caller must make the kernel run
+    /// after `after`, and report through `joint_written` what its step
+    /// computed from the buffer (reads included).
+    fn joint_slot(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype) -> Result<Option<JointSlot>> {
         Ok(None)
     }
+    fn joint_written(&mut self, _writer: &Array) {}
+}
+
+pub struct JointSlot {
+    pub buf: Array,
+    pub pos: i32,
+    pub after: Array,
 }
 
 /// The standard growing cache. Like mlx-lm's `KVCache`, it grows in steps
@@ -47,6 +57,10 @@ pub struct StandardCache {
     /// Keys and values in one buffer, keys first along axis 1 (see
     /// `joint_slot`); when set, `keys` and `values` are None.
     joint: Option<Array>,
+    /// What the last step that wrote into `joint` computed from it (its
+    /// attention output): everything before it, writes and reads, is done
+    /// once this is.
+    writer: Option<Array>,
     offset: i32,
     store: Option<Dtype>,
 }
@@ -85,6 +99,10 @@ fn widen(k: Array, v: Array, compute: Dtype) -> Result<(Array, Array)> {
 impl KvCache for StandardCache {
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
         if let Some(j) = self.joint.take() {
+            // MLX's ops below read what kernels wrote unseen: wait for them.
+            if let Some(w) = self.writer.take() {
+                w.eval()?;
+            }
             // Back to separate buffers (a multi-position update after fused
             // steps): views of the joint one, copied by the next write.
             let (n, h) = (j.dim(1), j.dim(1) / 2);
@@ -159,13 +177,17 @@ impl KvCache for StandardCache {
     /// this cache alone holds: about once per 255 steps, a wait for the
     /// device. Positions past the offset (after a trim) are stale and
     /// overwritten.
-    fn joint_slot(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype) -> Result<Option<(Array, i32)>> {
+    fn joint_slot(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype) -> Result<Option<JointSlot>> {
         if self.store.is_some_and(|s| s != dtype) {
             return Ok(None);
         }
         let pos = self.offset;
         let cap = self.joint.as_ref().map_or(0, |j| j.dim(2));
         if pos + 1 > cap {
+            // The copy below reads what kernels wrote unseen by MLX.
+            if let Some(w) = self.writer.take() {
+                w.eval()?;
+            }
             let old = match (self.joint.take(), self.keys.take(), self.values.take()) {
                 (Some(j), ..) => Some(j.slice_axis(2, 0, pos)?),
                 (None, Some(k), Some(v)) => {
@@ -197,6 +219,11 @@ impl KvCache for StandardCache {
             self.joint = Some(j);
         }
         self.offset += 1;
-        Ok(Some((self.joint.clone().unwrap(), pos)))
+        let buf = self.joint.clone().unwrap();
+        let after = self.writer.clone().unwrap_or_else(|| buf.clone());
+        Ok(Some(JointSlot { buf, pos, after }))
+    }
+    fn joint_written(&mut self, writer: &Array) {
+        self.writer = Some(writer.clone());
     }
 }

@@ -208,11 +208,13 @@ pub enum DecodeEpilogue<'a> {
 }
 
 /// Fused one-row step on the GPU: hs = h (+ dl); y = epilogue(rms_norm(hs,
-/// g, eps) @ w.T (+ bias)). Returns (hs, y). With `kv` = (cache, qn) (RoPE
-/// only), y is the first qn outputs as q [1, qn / head_dim, 1, head_dim],
-/// and the rest (keys, then values) are written in place into `cache`
-/// [1, heads, capacity, head_dim] at the RoPE position: only the cache's
-/// owner may pass it, evaluated and with room (see `KvCache::joint_slot`).
+/// g, eps) @ w.T (+ bias)). Returns (hs, y). With `kv` = (cache, qn, prev)
+/// (RoPE only), y is the first qn outputs as q [1, qn / head_dim, 1,
+/// head_dim], and the rest (keys, then values) are written in place into
+/// `cache` [1, heads, capacity, head_dim] at the RoPE position, after
+/// `prev` (an output of the last kernel that wrote there) is computed: only
+/// the cache's owner may pass it, evaluated and with room (see
+/// `KvCache::joint_slot`).
 /// Check `gpu_decode_ready` first; arguments that do not fit are an error,
 /// not a fallback.
 #[allow(clippy::too_many_arguments)]
@@ -224,7 +226,7 @@ pub fn gpu_norm_gemv(
     w: &Array,
     bias: Option<&Array>,
     epi: &DecodeEpilogue,
-    kv: Option<(&Array, i32)>,
+    kv: Option<(&Array, i32, &Array)>,
 ) -> Result<(Array, Array)> {
     let (mode, rot, head_dim, pos, freqs, log2_base, scale) = match epi {
         DecodeEpilogue::Plain => (0, 0, 2, h, None, 0.0, 1.0),
@@ -253,6 +255,7 @@ pub fn gpu_norm_gemv(
         &kv.map_or(h, |k| k.0).inner,
         kv.is_some(),
         kv.map_or(0, |k| k.1),
+        &kv.map_or(h, |k| k.2).inner,
     )?;
     let mut v = list_to_vec(l)?.into_iter();
     match (v.next(), v.next()) {

@@ -380,9 +380,10 @@ impl Transformer {
             let (h1, q, k, v) = match cache.joint_slot(hk, d, h.dtype())? {
                 // Keys and values go straight into the cache: no slice
                 // update, and q, k and v need no slicing out of one output.
-                Some((buf, p)) => {
+                Some(slot) => {
+                    let (buf, p) = (&slot.buf, slot.pos);
                     debug_assert_eq!(p, caches_offset);
-                    let kv = Some((&buf, hq * d));
+                    let kv = Some((buf, hq * d, &slot.after));
                     let (h1, q) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, kv)?;
                     let t = p + 1;
                     (h1, q, buf.slice(&[0, 0, 0, 0], &[1, hk, t, d])?, buf.slice(&[0, hk, 0, 0], &[1, 2 * hk, t, d])?)
@@ -394,6 +395,9 @@ impl Transformer {
                 }
             };
             let o = Array::sdpa(&q, &k, &v, a.scale, &Mask::None)?;
+            // The attention read the buffer after this step's write: the
+            // next write (and any copy of the buffer) waits for it.
+            cache.joint_written(&o);
             let r = a.o_proj.forward(&o.reshape(&[1, hq * d])?)?;
             let n = &layer.post_norm;
             let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None)?;
