@@ -244,7 +244,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn, const Array& prev) {
+                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value) {
   const mx::Dtype dt = h.a.dtype();
   const int K = h.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
   // The model checks all of this once at load; a mismatch here is a bug
@@ -288,8 +288,9 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
         int64_t(c.shape(1)) * head_dim != N - qn || !c.flags().row_contiguous || !c.is_available())
       bad("cache must be an evaluated, row-contiguous [1, " + std::to_string((N - qn) / head_dim) + ", capacity, " +
           std::to_string(head_dim) + "] of h's dtype, not " + shape_str(c));
-    if (!pos.a.is_available()) bad("position must be evaluated");
-    const int p = pos.a.item<int32_t>();
+    // pos may not be computed yet (it is made on the device: see
+    // hidden_fused); the caller states its value.
+    const int p = pos_value;
     if (p < 0 || p >= c.shape(2))
       bad("position " + std::to_string(p) + " outside the cache's " + std::to_string(c.shape(2)) + " slots");
   }

@@ -62,7 +62,7 @@ __device__ __forceinline__ float warp_sum(float v) {
 inline constexpr const char* kCiderDecodeBody = R"CUDA(
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;    // 256-wide chunks of a row: 8 elements per lane
-  constexpr int CB = C < 8 ? C : 8;     // chunks of both rows loaded ahead at a time
+  constexpr int CB = C < 4 ? C : 4;     // chunks of both rows loaded ahead at a time
   constexpr int P = N / 2;              // row pairs
   constexpr int DH = D > 1 ? D / 2 : 1;
   __shared__ __align__(16) float xs[K];

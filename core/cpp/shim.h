@@ -92,7 +92,7 @@ bool gpu_kernels_wanted();
 // rope_scale * pos), 2 SwiGLU of the two halves. Returns [h + dl, y]. With
 // has_cache (mode 1), returns [h + dl, q] (rows < qn) and writes the other
 // rows (keys, then values) into cache [1, heads, capacity, head_dim] at
-// position pos, in place, after `prev` (the last writer's output) has
+// position pos (whose value is pos_value), in place, after `prev` (the last writer's output) has
 // been computed. Throws where the arguments do not fit; call
 // gpu_decode_ready first.
 bool gpu_decode_ready(uint8_t dtype);
@@ -100,7 +100,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn, const Array& prev);
+                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

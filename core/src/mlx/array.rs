@@ -202,7 +202,8 @@ pub enum DecodeEpilogue<'a> {
     /// RoPE on the first `rot` outputs, heads of `head_dim`, at position
     /// `scale * pos`, frequencies `freqs` or base `2^log2_base`:
     /// y [1, N / head_dim, 1, head_dim].
-    Rope { rot: i32, head_dim: i32, pos: &'a Array, freqs: Option<&'a Array>, log2_base: f32, scale: f32 },
+    /// `pos` holds `pos_value` (it may not be computed yet).
+    Rope { rot: i32, head_dim: i32, pos: &'a Array, pos_value: i32, freqs: Option<&'a Array>, log2_base: f32, scale: f32 },
     /// silu(first half) * second half: y [1, N / 2].
     Swiglu,
 }
@@ -228,12 +229,12 @@ pub fn gpu_norm_gemv(
     epi: &DecodeEpilogue,
     kv: Option<(&Array, i32, &Array)>,
 ) -> Result<(Array, Array)> {
-    let (mode, rot, head_dim, pos, freqs, log2_base, scale) = match epi {
-        DecodeEpilogue::Plain => (0, 0, 2, h, None, 0.0, 1.0),
-        DecodeEpilogue::Rope { rot, head_dim, pos, freqs, log2_base, scale } => {
-            (1, *rot, *head_dim, *pos, *freqs, *log2_base, *scale)
+    let (mode, rot, head_dim, pos, pos_value, freqs, log2_base, scale) = match epi {
+        DecodeEpilogue::Plain => (0, 0, 2, h, 0, None, 0.0, 1.0),
+        DecodeEpilogue::Rope { rot, head_dim, pos, pos_value, freqs, log2_base, scale } => {
+            (1, *rot, *head_dim, *pos, *pos_value, *freqs, *log2_base, *scale)
         }
-        DecodeEpilogue::Swiglu => (2, 0, 2, h, None, 0.0, 1.0),
+        DecodeEpilogue::Swiglu => (2, 0, 2, h, 0, None, 0.0, 1.0),
     };
     let l = ffi::gpu_norm_gemv(
         &h.inner,
@@ -256,6 +257,7 @@ pub fn gpu_norm_gemv(
         kv.is_some(),
         kv.map_or(0, |k| k.1),
         &kv.map_or(h, |k| k.2).inner,
+        pos_value,
     )?;
     let mut v = list_to_vec(l)?.into_iter();
     match (v.next(), v.next()) {

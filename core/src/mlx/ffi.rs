@@ -43,7 +43,7 @@ pub(crate) mod ffi {
         fn gpu_norm_gemv(h: &Array, dl: &Array, has_dl: bool, g: &Array, eps: f32, w: &Array, bias: &Array,
                          has_bias: bool, mode: i32, rot: i32, head_dim: i32, pos: &Array, freqs: &Array,
                          has_freqs: bool, log2_base: f32, rope_scale: f32, cache: &Array, has_cache: bool,
-                         qn: i32, prev: &Array) -> Result<UniquePtr<ArrayList>>;
+                         qn: i32, prev: &Array, pos_value: i32) -> Result<UniquePtr<ArrayList>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 
