@@ -181,7 +181,7 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
       auto got_kv = mx::concatenate({f32(q), f32(slot)}, 0, s);
       auto others = mx::concatenate({mx::slice(cache, {0, 0, 0, 0}, {1, 4, offset, D}, s),
                                      mx::slice(cache, {0, 0, offset + 1, 0}, {1, 4, cap, D}, s)}, 2, s);
-      auto kerr = mx::max(mx::abs(mx::subtract(got_kv, f32(want[1]), s), s), s);
+      auto kerr = mx::max(mx::abs(mx::subtract(got_kv, f32(got[1]), s), s), s);
       auto stray = mx::max(mx::abs(f32(others), s), s);
       mx::eval({kerr, stray});
       if (!(kerr.item<float>() == 0.0f) || !(stray.item<float>() == 0.0f))
@@ -266,7 +266,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   Rope rope;
   if (mode == 1) {
     if (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N) bad("bad RoPE heads");
-    if (pos.a.dtype() != mx::int32 || pos.a.size() != 1) bad("position must be one int32");
+    if (pos.a.dtype() != mx::int32 || pos.a.size() < 1) bad("position must be an int32 array (first value read)");
     if (has_freqs && (freqs.a.dtype() != mx::float32 || freqs.a.size() != size_t(head_dim / 2)))
       bad("RoPE frequencies must be head_dim / 2 float32 values");
     rope = Rope{rot, head_dim, has_freqs ? &freqs.a : nullptr, log2_base, rope_scale};

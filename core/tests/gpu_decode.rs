@@ -31,15 +31,28 @@ fn decode(m: &Model) -> (Vec<Vec<f32>>, Vec<String>) {
     (out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap()).collect(), census)
 }
 
+/// The test models below have the shapes the fused path takes (checked
+/// here, on any machine).
+#[test]
+fn test_models_are_fusable() {
+    for (i, (dtype, bias, hidden)) in KINDS.into_iter().enumerate() {
+        let dir = tmpdir(&format!("gpu-decode-shape-{i}"));
+        write_model(&dir, &Spec { hidden, inter: 2 * hidden, heads: hidden / 64, kv_heads: hidden / 128, dtype, bias, ..Default::default() });
+        let m = Model::load(&dir).unwrap();
+        assert_eq!(m.net.fused_decode_dtype(), Some(dtype), "{dtype:?} bias {bias} hidden {hidden}");
+    }
+}
+
+// hidden 384: one full and one partial 256-wide chunk per row.
+const KINDS: [(Dtype, bool, i32); 3] = [(Dtype::BF16, false, 256), (Dtype::F16, true, 384), (Dtype::BF16, true, 512)];
+
 #[test]
 fn gpu_decode_kernel_agrees_with_mlx() {
     if !mlx::device::gpu_available() || std::env::var("CIDER_GPU_KERNELS").as_deref() == Ok("0") {
         eprintln!("skipped: no GPU, or CIDER_GPU_KERNELS=0");
         return;
     }
-    // hidden 384: one full and one partial 256-wide chunk per row.
-    let kinds = [(Dtype::BF16, false, 256), (Dtype::F16, true, 384), (Dtype::BF16, true, 512)];
-    for (i, (dtype, bias, hidden)) in kinds.into_iter().enumerate() {
+    for (i, (dtype, bias, hidden)) in KINDS.into_iter().enumerate() {
         let dir = tmpdir(&format!("gpu-decode-{i}"));
         write_model(&dir, &Spec { hidden, inter: 2 * hidden, heads: hidden / 64, kv_heads: hidden / 128, dtype, bias, ..Default::default() });
         mlx::device::set_gpu(true).unwrap();
@@ -48,8 +61,10 @@ fn gpu_decode_kernel_agrees_with_mlx() {
         mlx::set_gpu_kernels(true);
         let (ours, census) = decode(&m);
         let status = mlx::gpu_kernels_status();
-        let name = if dtype == Dtype::BF16 { "bfloat16 on" } else { "float16 on" };
-        assert!(status.contains("decode: ") && status.contains(name), "{kind}: {status}");
+        // (", " or ": " before: "bfloat16 on" contains "float16 on".)
+        let on = if dtype == Dtype::BF16 { "bfloat16 on" } else { "float16 on" };
+        let on = [format!(": {on}"), format!(", {on}")];
+        assert!(status.contains("decode: ") && on.iter().any(|o| status.contains(o.as_str())), "{kind}: {status}");
         assert!(census.iter().any(|p| p == "CustomKernel"), "{kind}: kernel not in the decode step: {census:?}");
         mlx::set_gpu_kernels(false);
         let (theirs, census) = decode(&m);

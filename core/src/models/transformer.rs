@@ -364,11 +364,14 @@ impl Transformer {
     /// to the residual by the next layer's kernel (by an add after the last).
     fn hidden_fused(&self, mut h: Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let caches_offset = caches.first().map_or(0, |c| c.offset());
-        // The position as a device array, made by a kernel (MLX's arange):
-        // an array written by the host lives in memory the GPU reaches over
-        // the bus, and reading it cost every qkv kernel about 20 us of
-        // device time on an H100 (ncu; 27 against 5 us of bandwidth).
-        let pos = Array::arange(caches_offset, caches_offset + 1, Dtype::I32)?;
+        // The position, made on the device (MLX's arange) and 16 bytes long
+        // though the kernel reads one value: MLX's CUDA allocator puts
+        // arrays of up to 8 bytes in a small pool of managed memory that the
+        // host also writes (token ids, scalars) while the device runs, so
+        // its pages move back and forth; a one-value position (host-written
+        // or not) cost every qkv kernel about 20 us of device time on an
+        // H100 (ncu: 26-27 us against about 5 for its bytes).
+        let pos = Array::arange(caches_offset, caches_offset + 4, Dtype::I32)?;
         let mut delta: Option<Array> = None;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             let a = &layer.attn;
@@ -412,6 +415,12 @@ impl Transformer {
             Some(r) => h.add(&r),
             None => Ok(h),
         }
+    }
+
+    /// The activation dtype whose one-token steps can run through cider's
+    /// fused GPU decode kernel (on a GPU where it passed its self-check).
+    pub fn fused_decode_dtype(&self) -> Option<Dtype> {
+        self.fusable
     }
 
     fn head(&self, h: &Array) -> Result<Array> {
