@@ -82,6 +82,15 @@ fn step() -> i32 {
 }
 
 impl StandardCache {
+    /// Waits for the kernels that wrote into `joint` unseen by MLX (and the
+    /// attention that read it), before MLX's own ops copy or slice it.
+    fn settle_writes(&mut self) -> Result<()> {
+        match self.writer.take() {
+            Some(w) => w.eval(),
+            None => Ok(()),
+        }
+    }
+
     /// A cache that keeps entries in `store` (None: as they come).
     pub fn stored_as(store: Option<Dtype>) -> Self {
         StandardCache { store, ..Self::default() }
@@ -99,10 +108,7 @@ fn widen(k: Array, v: Array, compute: Dtype) -> Result<(Array, Array)> {
 impl KvCache for StandardCache {
     fn update_and_fetch(&mut self, keys: &Array, values: &Array) -> Result<(Array, Array)> {
         if let Some(j) = self.joint.take() {
-            // MLX's ops below read what kernels wrote unseen: wait for them.
-            if let Some(w) = self.writer.take() {
-                w.eval()?;
-            }
+            self.settle_writes()?;
             // Back to separate buffers (a multi-position update after fused
             // steps): views of the joint one, copied by the next write.
             let (n, h) = (j.dim(1), j.dim(1) / 2);
@@ -184,10 +190,7 @@ impl KvCache for StandardCache {
         let pos = self.offset;
         let cap = self.joint.as_ref().map_or(0, |j| j.dim(2));
         if pos + 1 > cap {
-            // The copy below reads what kernels wrote unseen by MLX.
-            if let Some(w) = self.writer.take() {
-                w.eval()?;
-            }
+            self.settle_writes()?;
             let old = match (self.joint.take(), self.keys.take(), self.values.take()) {
                 (Some(j), ..) => Some(j.slice_axis(2, 0, pos)?),
                 (None, Some(k), Some(v)) => {

@@ -197,8 +197,6 @@ pub fn gpu_decode_ready(dtype: Dtype) -> bool {
 
 /// What the fused decode kernel does after its matrix-vector product.
 pub enum DecodeEpilogue<'a> {
-    /// The product as it is: y [1, N].
-    Plain,
     /// RoPE on the first `rot` outputs, heads of `head_dim`, at position
     /// `scale * pos`, frequencies `freqs` or base `2^log2_base`:
     /// y [1, N / head_dim, 1, head_dim].
@@ -230,7 +228,6 @@ pub fn gpu_norm_gemv(
     kv: Option<(&Array, i32, &Array)>,
 ) -> Result<(Array, Array)> {
     let (mode, rot, head_dim, pos, pos_value, freqs, log2_base, scale) = match epi {
-        DecodeEpilogue::Plain => (0, 0, 2, h, 0, None, 0.0, 1.0),
         DecodeEpilogue::Rope { rot, head_dim, pos, pos_value, freqs, log2_base, scale } => {
             (1, *rot, *head_dim, *pos, *pos_value, *freqs, *log2_base, *scale)
         }

@@ -294,7 +294,6 @@ impl Transformer {
         if b == 1
             && l == 1
             && self.fusable == Some(h.dtype())
-            && crate::mlx::device::is_gpu()
             && crate::mlx::gpu_decode_ready(h.dtype())
         {
             return self.hidden_fused(h, caches);
@@ -372,17 +371,18 @@ impl Transformer {
         // or not) cost every qkv kernel about 20 us of device time on an
         // H100 (ncu: 26-27 us against about 5 for its bytes).
         let pos = Array::arange(caches_offset, caches_offset + 4, Dtype::I32)?;
+        // Every layer has the same heads (ArchConfig), so one RoPE epilogue.
+        let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
+        let (freqs, log2_base, scale) = self.rope.fused_params(d).expect("checked by `fusable` at load");
+        let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: &pos, pos_value: caches_offset, freqs, log2_base, scale };
         let mut delta: Option<Array> = None;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             let a = &layer.attn;
-            let (hq, hk, d) = (a.n_heads, a.n_kv_heads, a.head_dim);
             let (Qkv::Fused(Linear::Dense { weight: wqkv, bias: bqkv, .. }), Mlp::Fused { gate_up, down, .. }) = (&a.qkv, &layer.mlp)
             else {
                 unreachable!("checked by `fusable` at load")
             };
             let Linear::Dense { weight: wgu, bias: bgu, .. } = gate_up else { unreachable!("checked by `fusable` at load") };
-            let (freqs, log2_base, scale) = self.rope.fused_params(d).expect("checked by `fusable` at load");
-            let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: &pos, pos_value: caches_offset, freqs, log2_base, scale };
             let n = &layer.input_norm;
             let (h1, q, k, v) = match cache.joint_slot(hk, d, h.dtype())? {
                 // Keys and values go straight into the cache: no slice
