@@ -56,17 +56,51 @@ std::string minified(const std::string& text) {
 }
 
 // The plain variant (output y) and the KV variant (q, and keys and values
-// into the cache in place).
-const mx::fast::CustomKernelFunction& kernel(bool kv) {
+// into the cache in place) of the norm kernel; the plain projection; greedy
+// sampling.
+enum class Kind { Norm, NormKv, Gemv, Greedy };
+
+const mx::fast::CustomKernelFunction& kernel(Kind kind) {
+  static const std::string header = minified(kCiderDecodeHeader);
   static const mx::fast::CustomKernelFunction plain = mx::fast::cuda_kernel(
       "cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"},
-      kCiderStoreY + minified(kCiderDecodeBody), minified(kCiderDecodeHeader), /*ensure_row_contiguous=*/true,
-      /*shared_memory=*/0);
+      kCiderStoreY + minified(kCiderDecodeBody), header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
   static const mx::fast::CustomKernelFunction with_kv = mx::fast::cuda_kernel(
       "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
-      kCiderStoreKv + minified(kCiderDecodeBody), minified(kCiderDecodeHeader), /*ensure_row_contiguous=*/true,
+      kCiderStoreKv + minified(kCiderDecodeBody), header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
+  static const mx::fast::CustomKernelFunction gemv = mx::fast::cuda_kernel(
+      "cider_gemv", {"x", "w", "bias"}, {"y"}, minified(kCiderGemvBody), header, /*ensure_row_contiguous=*/true,
       /*shared_memory=*/0);
-  return kv ? with_kv : plain;
+  static const mx::fast::CustomKernelFunction greedy = mx::fast::cuda_kernel(
+      "cider_greedy", {"x"}, {"y"}, minified(kCiderGreedyBody), header, /*ensure_row_contiguous=*/true,
+      /*shared_memory=*/0);
+  switch (kind) {
+    case Kind::Norm: return plain;
+    case Kind::NormKv: return with_kv;
+    case Kind::Gemv: return gemv;
+    default: return greedy;
+  }
+}
+
+// How many warps share a row pair (S): the fewest that give at least
+// min_blocks blocks of 8 warps, and no more than a row has 256-wide chunks.
+// About 4 blocks fit on each of an H100's 132 SMs: a 1B model's q/k/v (1536
+// pairs) and o/down (1024 pairs) need S = 4 to fill it once, its gate/up
+// (8192 pairs) none. CIDER_DEC_BLOCKS overrides the 512 (for tuning).
+int split_for(int pairs, int K) {
+  static const int min_blocks = [] {
+    const char* e = std::getenv("CIDER_DEC_BLOCKS");
+    const int v = e ? std::atoi(e) : 0;
+    return v > 0 ? v : 512;
+  }();
+  const int chunks = (K + 255) / 256;
+  int S = 1;
+  while (S < WARPS && 2 * S <= chunks && (pairs + WARPS / S - 1) / (WARPS / S) < min_blocks) S *= 2;
+  return S;
+}
+
+int blocks_for(int pairs, int S) {
+  return (pairs + WARPS / S - 1) / (WARPS / S);
 }
 
 struct Rope {
@@ -80,16 +114,18 @@ struct Rope {
 std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
                               const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
                               const mx::array& pos, const mx::array* cache, int qn, const mx::Stream& s,
-                              const mx::array* prev = nullptr) {
+                              const mx::array* prev = nullptr, int S = 0) {
   static const mx::array no_freqs = mx::array({0.0f});
   const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
+  if (S == 0) S = split_for(pairs, K);
+  const int threads = 32 * WARPS * blocks_for(pairs, S);
   if (cache) {
     std::vector<mx::array> in{h, dl ? *dl : h, g, w, bias ? *bias : g, pos,
                               rope.freqs ? *rope.freqs : no_freqs, *cache, prev ? *prev : *cache};
-    return kernel(true)(
+    return kernel(Kind::NormKv)(
         in, {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
-        {32 * WARPS * ((pairs + WARPS - 1) / WARPS), 1, 1}, {32 * WARPS, 1, 1},
-        {{"T", h.dtype()}, {"K", K}, {"N", N}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr}, {"MODE", mode},
+        {threads, 1, 1}, {32 * WARPS, 1, 1},
+        {{"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr}, {"MODE", mode},
          {"D", rope.head_dim}, {"ROT", rope.rot}, {"QN", qn}, {"FREQS", rope.freqs != nullptr},
          {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)}},
         std::nullopt, false, s);
@@ -99,14 +135,31 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   const mx::Shape yshape = mode == 2   ? mx::Shape{1, N / 2}
                            : mode == 1 ? mx::Shape{1, N / rope.head_dim, 1, rope.head_dim}
                                        : mx::Shape{1, N};
-  return kernel(false)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs},
+  return kernel(Kind::Norm)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs},
                   {h.shape(), yshape}, {h.dtype(), h.dtype()},
-                  {32 * WARPS * ((pairs + WARPS - 1) / WARPS), 1, 1}, {32 * WARPS, 1, 1},
-                  {{"T", h.dtype()}, {"K", K}, {"N", N}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
+                  {threads, 1, 1}, {32 * WARPS, 1, 1},
+                  {{"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
                    {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
                    {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)},
                    {"LOG2B", float_bits(rope.log2_base)}},
                   std::nullopt, false, s);
+}
+
+// x [1, K] times w [N, K] (+ bias [N]) -> [1, N].
+mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* bias, const mx::Stream& s,
+                      int S = 0) {
+  const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
+  if (S == 0) S = split_for(pairs, K);
+  return kernel(Kind::Gemv)({x, w, bias ? *bias : x}, {{1, N}}, {x.dtype()}, {32 * WARPS * blocks_for(pairs, S), 1, 1},
+                            {32 * WARPS, 1, 1},
+                            {{"T", x.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}}, std::nullopt,
+                            false, s)[0];
+}
+
+// logits [1, V] -> the greedy token [1] (uint32, as MLX's argmax).
+mx::array launch_greedy(const mx::array& x, const mx::Stream& s) {
+  return kernel(Kind::Greedy)({x}, {{1}}, {mx::uint32}, {1024, 1, 1}, {1024, 1, 1},
+                              {{"T", x.dtype()}, {"V", int(x.size())}}, std::nullopt, false, s)[0];
 }
 
 // MLX's ops for the same step, each rounding as it does in a model.
@@ -148,12 +201,16 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
                           mx::float32, s);
   const int offset = 37;
   auto pos = mx::array({offset});
+  // S (warps per row pair) is set per case: K = 640 is 3 chunks, so S = 4
+  // leaves a warp with none.
   struct Case {
     int mode, n;
     bool add, bias, use_freqs;
+    int S;
   };
-  const Case cases[] = {{1, 8 * D, true, false, true}, {1, 8 * D, false, true, false}, {2, 768, true, false, false},
-                        {2, 768, true, true, false}, {0, 256, true, false, false}};
+  const Case cases[] = {{1, 8 * D, true, false, true, 1}, {1, 8 * D, false, true, false, 2},
+                        {2, 768, true, false, false, 4}, {2, 768, true, true, false, 1},
+                        {0, 256, true, false, false, 2}};
   for (const Case& c : cases) {
     auto w = rnd({c.n, K}, 0.05f, 10 + c.mode), b = rnd({1, c.n}, 0.5f, 20 + c.mode);
     Rope rope;
@@ -166,7 +223,7 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
     }
     const mx::array* dlp = c.add ? &dl : nullptr;
     const mx::array* bp = c.bias ? &b : nullptr;
-    auto got = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, nullptr, 0, s);
+    auto got = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, nullptr, 0, s, nullptr, c.S);
     auto want = reference(h, dlp, g, 1e-5f, w, bp, c.mode, rope, offset, s);
     auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
     if (c.mode == 1) {
@@ -175,7 +232,7 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
       const int qn = 4 * D, cap = offset + 3;
       auto cache = mx::zeros({1, 4, cap, D}, dt, s);
       mx::eval(cache);
-      auto q = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, &cache, qn, s)[1];
+      auto q = launch(h, dlp, g, 1e-5f, w, bp, c.mode, rope, pos, &cache, qn, s, nullptr, c.S)[1];
       mx::eval(q);
       auto slot = mx::slice(cache, {0, 0, offset, 0}, {1, 4, offset + 1, D}, s);
       auto got_kv = mx::concatenate({f32(q), f32(slot)}, 0, s);
@@ -193,11 +250,38 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
     auto herr = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(want[0]), s), s), s);
     mx::eval({err, top, herr});
     const float e = err.item<float>(), t = top.item<float>(), he = herr.item<float>();
-    const std::string what = "mode " + std::to_string(c.mode) + (c.add ? " +add" : "") + (c.bias ? " +bias" : "");
+    const std::string what = "mode " + std::to_string(c.mode) + (c.add ? " +add" : "") + (c.bias ? " +bias" : "") +
+                             " S " + std::to_string(c.S);
     if (!(e <= 0.02f * t))
       return "results differ from MLX's (" + what + ": max |diff| " + std::to_string(e) + " of " +
              std::to_string(t) + ")";
     if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
+  }
+  // The plain projection, each split, with and without a bias.
+  for (int S : {1, 2, 4, 8}) {
+    auto x = rnd({1, K}, 1.0f, 30 + S), w = rnd({258, K}, 0.05f, 40 + S), b = rnd({258}, 0.5f, 50 + S);
+    const bool with_bias = S % 2 == 0;
+    auto got = launch_gemv(x, w, with_bias ? &b : nullptr, s, S);
+    auto wt = mx::transpose(w, {1, 0}, s);
+    auto want = with_bias ? mx::addmm(b, x, wt, 1.0f, 1.0f, s) : mx::matmul(x, wt, s);
+    auto err = mx::max(mx::abs(mx::subtract(mx::astype(got, mx::float32, s), mx::astype(want, mx::float32, s), s), s), s);
+    auto top = mx::max(mx::abs(mx::astype(want, mx::float32, s), s), s);
+    mx::eval({err, top});
+    if (!(err.item<float>() <= 0.02f * top.item<float>()))
+      return "projection differs from MLX's (S " + std::to_string(S) + ": max |diff| " +
+             std::to_string(err.item<float>()) + " of " + std::to_string(top.item<float>()) + ")";
+  }
+  // Greedy sampling: the very token MLX's ops pick, on a row with a tail
+  // past the last 8-wide load.
+  for (int seed : {57, 58, 61}) {  // all equal; ties after rounding; scale 4
+    auto x = mx::multiply(rnd({1, 1003}, 1.0f, seed), mx::array(float(seed - 57)), s);
+    x = mx::astype(x, dt, s);
+    auto got = launch_greedy(x, s);
+    auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
+    mx::eval({got, want});
+    if (got.item<uint32_t>() != want.item<uint32_t>())
+      return "greedy token differs from MLX's (" + std::to_string(got.item<uint32_t>()) + " against " +
+             std::to_string(want.item<uint32_t>()) + ")";
   }
   return "";
 }
@@ -301,6 +385,37 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   auto l = std::make_unique<ArrayList>();
   l->v = std::move(out);
   return l;
+}
+
+std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias) {
+  const mx::Dtype dt = x.a.dtype();
+  const int K = x.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
+  auto bad = [&](const std::string& what) {
+    throw std::invalid_argument("GPU projection kernel: " + what + " (x " + shape_str(x.a) + ", w " +
+                                shape_str(w.a) + ")");
+  };
+  if (dt != mx::bfloat16 && dt != mx::float16) bad("activations must be bfloat16 or float16");
+  if (x.a.ndim() != 2 || x.a.shape(0) != 1) bad("x must be one row [1, K]");
+  if (w.a.ndim() != 2 || w.a.shape(1) != K || w.a.dtype() != dt || !w.a.flags().row_contiguous)
+    bad("w must be a row-contiguous [N, K] of x's dtype");
+  if (K % 8 != 0) bad("K must be a multiple of 8");
+  if (N % 2 != 0 || N == 0) bad("N must be even");
+  if (has_bias && (bias.a.size() != size_t(N) || bias.a.dtype() != dt)) bad("bias must have N elements of x's dtype");
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!gpu_decode_ready(uint8_t(dt == mx::bfloat16 ? 11 : 9))) bad("not available on this device");
+  return std::make_unique<Array>(launch_gemv(x.a, w.a, has_bias ? &bias.a : nullptr, s));
+}
+
+std::unique_ptr<Array> gpu_greedy(const Array& logits) {
+  const auto& x = logits.a;
+  if ((x.dtype() != mx::bfloat16 && x.dtype() != mx::float16) || x.ndim() != 2 || x.shape(0) != 1 ||
+      x.shape(1) < 1)
+    throw std::invalid_argument("GPU greedy sampling: logits must be one bfloat16 or float16 row [1, V], not " +
+                                shape_str(x));
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!gpu_decode_ready(uint8_t(x.dtype() == mx::bfloat16 ? 11 : 9)))
+    throw std::invalid_argument("GPU greedy sampling: not available on this device");
+  return std::make_unique<Array>(launch_greedy(x, s));
 }
 
 std::string gpu_decode_status() {

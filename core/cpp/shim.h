@@ -101,6 +101,12 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
                                          bool has_cache, int32_t qn, const Array& prev, int32_t pos_value);
+// x [1, K] @ w.T [+ bias] -> [1, N] for bf16/f16 on the GPU (N even, K a
+// multiple of 8); logits [1, V] -> greedy token [1] (uint32): argmax of
+// logits - logsumexp(logits), rounded as MLX's ops round. Both throw where
+// the arguments do not fit; call gpu_decode_ready first.
+std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias);
+std::unique_ptr<Array> gpu_greedy(const Array& logits);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

@@ -66,6 +66,11 @@ impl Sampler {
         Ok(Sampler { cfg, key })
     }
 
+    /// Temperature 0: the argmax, no randomness.
+    pub fn is_greedy(&self) -> bool {
+        self.cfg.temperature == 0.0
+    }
+
     /// logprobs: [1, vocab] -> sampled ids [1] (lazy).
     pub fn sample(&mut self, logprobs: &Array) -> Result<Array> {
         let c = &self.cfg;

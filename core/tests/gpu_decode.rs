@@ -31,6 +31,22 @@ fn decode(m: &Model) -> (Vec<Vec<f32>>, Vec<String>) {
     (out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap()).collect(), census)
 }
 
+/// cider's greedy-sampling kernel picks the token MLX's logsumexp,
+/// subtract and argmax pick, on real logits (20 decode steps).
+fn greedy_agrees(m: &Model, kind: &str) {
+    let mut caches = m.net.make_caches();
+    let mut t = 1;
+    for step in 0..20 {
+        let logits = m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap();
+        let v = logits.dim(-1);
+        let l = logits.reshape(&[1, v]).unwrap();
+        let ours = mlx::gpu_greedy(&l).unwrap().astype(Dtype::I32).unwrap().to_vec_i32().unwrap();
+        let theirs = l.sub(&l.logsumexp(-1, true).unwrap()).unwrap().argmax(-1, false).unwrap().astype(Dtype::I32).unwrap().to_vec_i32().unwrap();
+        assert_eq!(ours, theirs, "{kind} step {step}: greedy token");
+        t = ours[0];
+    }
+}
+
 /// The test models below have the shapes the fused path takes (checked
 /// here, on any machine).
 #[test]
@@ -60,6 +76,7 @@ fn gpu_decode_kernel_agrees_with_mlx() {
         let kind = format!("{} bias {bias} hidden {hidden}", if dtype == Dtype::BF16 { "bfloat16" } else { "float16" });
         mlx::set_gpu_kernels(true);
         let (ours, census) = decode(&m);
+        greedy_agrees(&m, &kind);
         let status = mlx::gpu_kernels_status();
         // (", " or ": " before: "bfloat16 on" contains "float16 on".)
         let on = if dtype == Dtype::BF16 { "bfloat16 on" } else { "float16 on" };
