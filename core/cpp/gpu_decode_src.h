@@ -1,14 +1,16 @@
-// CUDA source of cider's fused decode kernel, compiled at first use through
+// CUDA source of cider's GPU decode kernels, compiled at first use through
 // mx::fast::cuda_kernel (gpu_decode.cc). Kept in its own file so
 // bench/gpu_decode.py can run the very same text.
 //
 // Why: one-token decode of a bf16/f16 model on an H100 is bound by MLX's host
 // time per graph node (about 4-6 us each to build and encode, against about
 // 1 us of device time for a small kernel; bench/RESULTS.md). A llama-family
-// layer was 12 kernels. This kernel does in one what took up to five:
+// layer was 12 kernels. norm_gemv does in one what took up to five:
 //   [residual add] -> RMSNorm -> matrix-vector product -> [bias] -> epilogue
-// with epilogue RoPE on q and k (the attention's input projection) or SwiGLU
-// (the MLP's gate and up projection), so a layer is 6 kernels.
+// with epilogue RoPE on q and k (the attention's input projection, keys and
+// values written straight into the KV cache) or SwiGLU (the MLP's gate and
+// up projection), so a layer is 5 kernels. greedy samples a token in one
+// kernel where MLX's ops take three.
 //
 // Every rounding step of MLX's separate ops is kept: the residual sum, the
 // normalised row and its product with the norm weight are rounded to T as
@@ -18,21 +20,22 @@
 // order in which a dot product sums its terms differs from cuBLAS's.
 //
 // Layout: each warp (or S warps, each over a slice of K) computes a pair of
-// output rows; a block of 8 warps first
-// normalises the input row into shared memory (every block does: it is 2K-8K
-// elements read from L2, against 8 rows of weights from DRAM), while its
-// warps' first weight loads are already in flight. Pairs are the rows RoPE
-// rotates together (j and j + D/2 of one head), or SwiGLU's gate row i and up
-// row i, so the epilogue needs no exchange between warps.
+// output rows. A block of 8 warps first normalises the input row into
+// shared memory (every block does: it is 2K-8K elements read from L2, one
+// 16-byte load per thread and array, against 8 rows of weights from DRAM),
+// while its warps' first weight loads are already in flight. Pairs are the
+// rows RoPE rotates together (j and j + D/2 of one head), or SwiGLU's gate
+// row i and up row i, so the epilogue needs no exchange between warps.
 //
-// Two more kernels share the header: the plain one-row projection that
-// follows attention and SwiGLU (o and down: no norm, so no shared row), and
-// greedy sampling (logsumexp, subtract, argmax in one node).
+// MLX rebuilds and hashes a custom kernel's whole text on every call, so
+// the text given per call is one line calling into kCiderDecodeSource, which
+// gpu_decode.cc hands to the compiler as an included file.
 #pragma once
 
 namespace cider {
 
-inline constexpr const char* kCiderDecodeHeader = R"CUDA(
+inline constexpr const char* kCiderDecodeSource = R"CUDA(
+#pragma once
 namespace cider_dec {
 // 8 weights (one 16-byte load) times 8 normalised inputs, into acc.
 template <typename T>
@@ -48,16 +51,6 @@ __device__ __forceinline__ float dot8(float acc, const uint4 w, const float4 x0,
   acc = fmaf(static_cast<float>(e[7]), x1.w, acc);
   return acc;
 }
-// The same with the 8 inputs given as one 16-byte load of T.
-template <typename T>
-__device__ __forceinline__ float dot8x(float acc, const uint4 w, const uint4 x) {
-  const T* e = reinterpret_cast<const T*>(&x);
-  const float4 x0 = make_float4(static_cast<float>(e[0]), static_cast<float>(e[1]), static_cast<float>(e[2]),
-                                static_cast<float>(e[3]));
-  const float4 x1 = make_float4(static_cast<float>(e[4]), static_cast<float>(e[5]), static_cast<float>(e[6]),
-                                static_cast<float>(e[7]));
-  return dot8<T>(acc, w, x0, x1);
-}
 // Chunk c (256 wide: 8 elements a lane) of rows w0 and w1, streamed (read once).
 template <typename T, int K>
 __device__ __forceinline__ void ld2(uint4& a, uint4& b, const T* w0, const T* w1, int c, int lane, bool live) {
@@ -72,27 +65,32 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-}  // namespace cider_dec
-)CUDA";
 
 // Inputs: h [K] (residual row), dl [K] (added to h when ADD), g [K] (norm
 // weight), w [N, K] (row-major), bias [N] (when BIAS), pos [1] int32 (RoPE
 // position), freqs [D/2] float32 (RoPE frequencies when FREQS).
-// Outputs: hout [K] (h + dl, rounded; h when not ADD), y (or q, see
-// kCiderStoreKv; the KV variant also takes cache).
-// MODE 0: y [N]; 1: y [N] with rows < ROT rotated (head dim D, position
-// SCALE * pos, frequencies freqs or base 2^LOG2B); 2: y [N/2] =
-// silu(rows < N/2) * (rows >= N/2). EPS, SCALE, LOG2B: float bits.
+// Outputs: hout [K] (h + dl, rounded; h when not ADD), y.
+// MODE 1: y [N] with rows < ROT rotated (head dim D, position SCALE * pos,
+// frequencies freqs or base 2^LOG2B); 2: y [N/2] = silu(rows < N/2) *
+// (rows >= N/2). EPS, SCALE, LOG2B: float bits.
+// QN > 0 (the KV variant): y is q [1, QN / D, 1, D], rows < QN; the rest,
+// keys then values, are written in place at position pos of the KV cache
+// buffer [1, heads, cap, D] (the cache's only owner passes it; see
+// gpu_decode.cc for why that is sound).
 // S (1, 2, 4 or 8) warps share a row pair, each summing a slice of K: few
 // rows (a 1B model's q/k/v: 1536 pairs) then still fill the GPU.
-inline constexpr const char* kCiderDecodeBody = R"CUDA(
+template <typename T, int K, int N, int S, bool ADD, bool BIAS, int MODE, int D, int ROT, int QN, bool FREQS,
+          int EPS, int SCALE, int LOG2B>
+__device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, const T* w, const T* bias,
+                                          const int* pos, const float* freqs, T* cache, int cap, T* hout, T* y) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;    // 256-wide chunks of a row: 8 elements per lane
-  constexpr int CW = (C + S - 1) / S;   // chunks per warp: S warps share a row pair
+  constexpr int CW = (C + S - 1) / S;   // chunks per warp
   constexpr int CB = CW < 4 ? CW : 4;   // chunks of both rows in flight per warp
   constexpr int PB = WARPS / S;         // row pairs per block
   constexpr int P = N / 2;              // row pairs
   constexpr int DH = D > 1 ? D / 2 : 1;
+  constexpr int V8 = K / 8, VT = (V8 + TH - 1) / TH;  // 8-element pieces of the row, per thread
   __shared__ __align__(16) float xs[K];
   __shared__ float red[WARPS];
   __shared__ float part_sum[WARPS][2];
@@ -103,12 +101,9 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
   if (MODE == 2) {
     r0 = pair;
     r1 = pair + P;
-  } else if (MODE == 1) {
+  } else {
     r0 = (pair / DH) * D + pair % DH;
     r1 = r0 + DH;
-  } else {
-    r0 = 2 * pair;
-    r1 = r0 + 1;
   }
   const T* w0 = w + size_t(live ? r0 : 0) * K;
   const T* w1 = w + size_t(live ? r1 : 0) * K;
@@ -116,26 +111,58 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
   // The first weights are on their way while the block normalises.
   uint4 a[CB], b[CB];
 #pragma unroll
-  for (int i = 0; i < CB; i++) cider_dec::ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+  for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
 
-  float ss = 0.f;
-  for (int k = tid; k < K; k += TH) {
-    float v = static_cast<float>(h[k]);
-    if (ADD) v = static_cast<float>(static_cast<T>(v + static_cast<float>(dl[k])));
-    xs[k] = v;
-    ss += v * v;
-    if (blockIdx.x == 0) hout[k] = static_cast<T>(v);
+  // The row, h, dl and g: every 16-byte load issued before any is used.
+  uint4 hv[VT], dv[VT], gv[VT];
+#pragma unroll
+  for (int j = 0; j < VT; j++) {
+    const int i = tid + j * TH;
+    if (i < V8) {
+      hv[j] = reinterpret_cast<const uint4*>(h)[i];
+      if (ADD) dv[j] = reinterpret_cast<const uint4*>(dl)[i];
+      gv[j] = reinterpret_cast<const uint4*>(g)[i];
+    }
   }
-  ss = cider_dec::warp_sum(ss);
+  float v[VT][8];
+  float ss = 0.f;
+#pragma unroll
+  for (int j = 0; j < VT; j++) {
+    const int i = tid + j * TH;
+    if (i < V8) {
+      const T* he = reinterpret_cast<const T*>(&hv[j]);
+      const T* de = reinterpret_cast<const T*>(&dv[j]);
+      uint4 ov;
+      T* o = reinterpret_cast<T*>(&ov);
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        float x = static_cast<float>(he[e]);
+        if (ADD) x = static_cast<float>(static_cast<T>(x + static_cast<float>(de[e])));
+        v[j][e] = x;
+        ss += x * x;
+        o[e] = static_cast<T>(x);
+      }
+      if (blockIdx.x == 0) reinterpret_cast<uint4*>(hout)[i] = ov;
+    }
+  }
+  ss = warp_sum(ss);
   if (lane == 0) red[warp] = ss;
   __syncthreads();
   float tot = 0.f;
 #pragma unroll
   for (int i = 0; i < WARPS; i++) tot += red[i];
   const float r = rsqrtf(tot / K + __int_as_float(EPS));
-  for (int k = tid; k < K; k += TH) {
-    const T n = static_cast<T>(xs[k] * r);
-    xs[k] = static_cast<float>(static_cast<T>(static_cast<float>(g[k]) * static_cast<float>(n)));
+#pragma unroll
+  for (int j = 0; j < VT; j++) {
+    const int i = tid + j * TH;
+    if (i < V8) {
+      const T* ge = reinterpret_cast<const T*>(&gv[j]);
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        const T n = static_cast<T>(v[j][e] * r);
+        xs[i * 8 + e] = static_cast<float>(static_cast<T>(static_cast<float>(ge[e]) * static_cast<float>(n)));
+      }
+    }
   }
   __syncthreads();
 
@@ -149,13 +176,13 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
     if (live && k < K) {
       const float4 x0 = *reinterpret_cast<const float4*>(xs + k);
       const float4 x1 = *reinterpret_cast<const float4*>(xs + k + 4);
-      acc0 = cider_dec::dot8<T>(acc0, a[i % CB], x0, x1);
-      acc1 = cider_dec::dot8<T>(acc1, b[i % CB], x0, x1);
+      acc0 = dot8<T>(acc0, a[i % CB], x0, x1);
+      acc1 = dot8<T>(acc1, b[i % CB], x0, x1);
     }
-    if (i + CB < CW) cider_dec::ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
+    if (i + CB < CW) ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
   }
-  acc0 = cider_dec::warp_sum(acc0);
-  acc1 = cider_dec::warp_sum(acc1);
+  acc0 = warp_sum(acc0);
+  acc1 = warp_sum(acc1);
   if (S > 1) {
     // The pair's first warp adds the S partial sums, always in one order.
     if (lane == 0) {
@@ -172,6 +199,14 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
       acc1 += part_sum[warp + i][1];
     }
   }
+  auto store = [&](int r, T val) {
+    if (QN == 0 || r < QN) {
+      y[r] = val;
+    } else {
+      const int i = r - QN;
+      cache[(size_t(i / D) * cap + pos[0]) * D + i % D] = val;
+    }
+  };
   if (!live || lane != 0) return;
 
   if (BIAS) {
@@ -184,7 +219,7 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
     const float gt = static_cast<float>(t0);
     const T s = static_cast<T>(1.0f / (1.0f + expf(-gt)));
     const T sg = static_cast<T>(gt * static_cast<float>(s));
-    CIDER_STORE(pair, static_cast<T>(static_cast<float>(sg) * static_cast<float>(t1)));
+    store(pair, static_cast<T>(static_cast<float>(sg) * static_cast<float>(t1)));
     return;
   }
   if (MODE == 1 && r0 < ROT) {
@@ -201,82 +236,9 @@ inline constexpr const char* kCiderDecodeBody = R"CUDA(
     t0 = static_cast<T>(x1 * cs - x2 * sn);
     t1 = static_cast<T>(x1 * sn + x2 * cs);
   }
-  CIDER_STORE(r0, t0);
-  CIDER_STORE(r1, t1);
-)CUDA";
-
-// Where an output row goes: y, or (the KV variant) q [1, QN / D, 1, D] for
-// rows < QN and the rest, keys then values, written in place at position
-// pos of the KV cache buffer [1, heads, capacity, D] (the cache's only
-// owner passes it; see gpu_decode.cc for why that is sound).
-inline constexpr const char* kCiderStoreY = "#define CIDER_STORE(r, v) y[r] = (v)\n";
-inline constexpr const char* kCiderStoreKv =
-    "#define CIDER_STORE(r, v) do { const int r_ = (r); if (r_ < QN) q[r_] = (v); else { "
-    "const int i_ = r_ - QN; const_cast<T*>(cache)[(size_t(i_ / D) * cache_shape[2] + pos[0]) * D + i_ % D] = (v); "
-    "} } while (0)\n";
-
-// x [K] times w [N, K] (+ bias [N]) -> y [1, N]: the projections whose input
-// needs no norm (attention's output, SwiGLU's). Same layout as above, rows
-// 2p and 2p + 1 per pair, x read alongside the weights (L2, not DRAM).
-inline constexpr const char* kCiderGemvBody = R"CUDA(
-  constexpr int WARPS = 8;
-  constexpr int C = (K + 255) / 256;
-  constexpr int CW = (C + S - 1) / S;
-  constexpr int CB = CW < 4 ? CW : 4;
-  constexpr int PB = WARPS / S;
-  constexpr int P = N / 2;
-  __shared__ float part_sum[WARPS][2];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
-  const bool live = pair < P;
-  const int r0 = 2 * pair, r1 = r0 + 1;
-  const T* w0 = w + size_t(live ? r0 : 0) * K;
-  const T* w1 = w + size_t(live ? r1 : 0) * K;
-  uint4 a[CB], b[CB], xv[CB];
-#pragma unroll
-  for (int i = 0; i < CB; i++) {
-    cider_dec::ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
-    const int k = (c0 + i) * 256 + lane * 8;
-    if (live && k < K) xv[i] = *reinterpret_cast<const uint4*>(x + k);
-  }
-  float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll
-  for (int i = 0; i < CW; i++) {
-    const int k = (c0 + i) * 256 + lane * 8;
-    if (live && k < K) {
-      acc0 = cider_dec::dot8x<T>(acc0, a[i % CB], xv[i % CB]);
-      acc1 = cider_dec::dot8x<T>(acc1, b[i % CB], xv[i % CB]);
-    }
-    if (i + CB < CW) {
-      cider_dec::ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
-      if (live && k + CB * 256 < K) xv[i % CB] = *reinterpret_cast<const uint4*>(x + k + CB * 256);
-    }
-  }
-  acc0 = cider_dec::warp_sum(acc0);
-  acc1 = cider_dec::warp_sum(acc1);
-  if (S > 1) {
-    if (lane == 0) {
-      part_sum[warp][0] = acc0;
-      part_sum[warp][1] = acc1;
-    }
-    __syncthreads();
-    if (part != 0) return;
-    acc0 = 0.f;
-    acc1 = 0.f;
-#pragma unroll
-    for (int i = 0; i < S; i++) {
-      acc0 += part_sum[warp + i][0];
-      acc1 += part_sum[warp + i][1];
-    }
-  }
-  if (!live || lane != 0) return;
-  if (BIAS) {
-    acc0 += static_cast<float>(bias[r0]);
-    acc1 += static_cast<float>(bias[r1]);
-  }
-  y[r0] = static_cast<T>(acc0);
-  y[r1] = static_cast<T>(acc1);
-)CUDA";
+  store(r0, t0);
+  store(r1, t1);
+}
 
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
 // index of the largest T(x - T(logsumexp(x))), what MLX's logsumexp,
@@ -284,7 +246,8 @@ inline constexpr const char* kCiderGemvBody = R"CUDA(
 // rounding them can tie logits that differ). One block of 1024 threads, two
 // passes over the row (in L2): the running max and sum of exponentials as
 // MLX's logsumexp keeps them (same fast exp), then the argmax.
-inline constexpr const char* kCiderGreedyBody = R"CUDA(
+template <typename T, int V>
+__device__ __forceinline__ void greedy(const T* x, unsigned* y) {
   constexpr int TH = 1024, NV = V / 8;
   __shared__ float sm[32], sn[32], bv[32];
   __shared__ unsigned bi[32];
@@ -370,6 +333,19 @@ inline constexpr const char* kCiderGreedyBody = R"CUDA(
     }
   }
   y[0] = at == 0xffffffffu ? 0u : at;
+}
+}  // namespace cider_dec
 )CUDA";
+
+// What each call compiles (the template arguments come from MLX's
+// constexpr lines; the KV variant's cache is an input MLX passes as const,
+// with its shape because the text names cache_shape).
+inline constexpr const char* kCiderNormCall =
+    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B>"
+    "(h, dl, g, w, bias, pos, freqs, static_cast<T*>(nullptr), 0, hout, y);";
+inline constexpr const char* kCiderNormKvCall =
+    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B>"
+    "(h, dl, g, w, bias, pos, freqs, const_cast<T*>(cache), cache_shape[2], hout, q);";
+inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V>(x, y);";
 
 }  // namespace cider

@@ -87,7 +87,7 @@ void gpu_kernels_enable(bool on);
 rust::String gpu_kernels_status();
 bool gpu_kernels_wanted();
 // cider's fused decode kernel (gpu_decode.cc): [h + dl] -> RMSNorm(g, eps) ->
-// one row times w [N, K] -> [+ bias] -> mode 0 as is, 1 RoPE on the first
+// one row times w [N, K] -> [+ bias] -> mode 1 RoPE on the first
 // `rot` rows (heads of head_dim; freqs, or base 2^log2_base; position
 // rope_scale * pos), 2 SwiGLU of the two halves. Returns [h + dl, y]. With
 // has_cache (mode 1), returns [h + dl, q] (rows < qn) and writes the other
@@ -101,11 +101,9 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
                                          bool has_cache, int32_t qn, const Array& prev, int32_t pos_value);
-// x [1, K] @ w.T [+ bias] -> [1, N] for bf16/f16 on the GPU (N even, K a
-// multiple of 8); logits [1, V] -> greedy token [1] (uint32): argmax of
-// logits - logsumexp(logits), rounded as MLX's ops round. Both throw where
-// the arguments do not fit; call gpu_decode_ready first.
-std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias);
+// logits [1, V] (bf16/f16) -> greedy token [1] (uint32): argmax of logits -
+// logsumexp(logits), rounded as MLX's ops round. Throws where the logits do
+// not fit; call gpu_decode_ready first.
 std::unique_ptr<Array> gpu_greedy(const Array& logits);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.

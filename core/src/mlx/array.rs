@@ -263,13 +263,6 @@ pub fn gpu_norm_gemv(
     }
 }
 
-/// One-row projection on the GPU with cider's kernel: x [1, K] @ w.T (+
-/// bias) -> [1, N], for the projections that take no norm (attention's
-/// output, the MLP's down). Check `gpu_decode_ready` first.
-pub fn gpu_gemv(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
-    wrap(ffi::gpu_gemv(&x.inner, &w.inner, &bias.unwrap_or(x).inner, bias.is_some()))
-}
-
 /// Greedy token of one row of logits [1, V] (bf16/f16) on the GPU, in one
 /// kernel: the argmax of logits - logsumexp(logits) as MLX's three ops give
 /// it. Check `gpu_decode_ready` first.

@@ -44,7 +44,6 @@ pub(crate) mod ffi {
                          has_bias: bool, mode: i32, rot: i32, head_dim: i32, pos: &Array, freqs: &Array,
                          has_freqs: bool, log2_base: f32, rope_scale: f32, cache: &Array, has_cache: bool,
                          qn: i32, prev: &Array, pos_value: i32) -> Result<UniquePtr<ArrayList>>;
-        fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool) -> Result<UniquePtr<Array>>;
         fn gpu_greedy(logits: &Array) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;

@@ -405,10 +405,10 @@ impl Transformer {
             // The attention read the buffer after this step's write: the
             // next write (and any copy of the buffer) waits for it.
             cache.joint_written(&o);
-            let r = project_fused(&a.o_proj, &o.reshape(&[1, hq * d])?)?;
+            let r = a.o_proj.forward(&o.reshape(&[1, hq * d])?)?;
             let n = &layer.post_norm;
             let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None)?;
-            delta = Some(project_fused(down, &act)?);
+            delta = Some(down.forward(&act)?);
             h = h2;
         }
         match delta {
@@ -527,24 +527,5 @@ impl Transformer {
             }
         }
         counts.into_iter().max_by_key(|(_, c)| *c).map(|((bits, group_size), _)| QuantParams { bits, group_size })
-    }
-}
-
-/// A projection without a norm in front (attention's output, the MLP's
-/// down) in a fused decode step: cider's GPU kernel for a dense weight of
-/// the activations' dtype (MLX's gemv reached 1.3-2.1 TB/s on an H100 for
-/// these few-row shapes: bench/RESULTS.md), else the layer's own forward.
-fn project_fused(lin: &Linear, x: &Array) -> Result<Array> {
-    match lin {
-        Linear::Dense { weight, bias, split, .. }
-            if split.is_empty()
-                && weight.dtype() == x.dtype()
-                && weight.dim(0) % 2 == 0
-                && weight.dim(1) % 8 == 0
-                && bias.as_ref().is_none_or(|b| b.dtype() == x.dtype()) =>
-        {
-            crate::mlx::gpu_gemv(x, weight, bias.as_ref())
-        }
-        _ => lin.forward(x),
     }
 }
