@@ -35,7 +35,8 @@ print(f"| model | setting | decode tok/s | build ms/tok | async eval ms/tok | tt
 print("|---|---|---|---|---|---|---|---|")
 for m in models:
     for i, s in enumerate(settings, 1):
-        runs = [r for f in sorted(out.glob(f"{Path(m).name}.{i}.*.json")) for r in json.loads(f.read_text())["runs"]]
+        runs = [r for f in sorted(out.glob(f"{Path(m).name}.{i}.*.json")) if f.stat().st_size
+                for r in json.loads(f.read_text())["runs"]]
         if not runs:
             continue
         med = lambda key: statistics.median(r[key] for r in runs)

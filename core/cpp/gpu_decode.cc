@@ -113,14 +113,16 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind) {
 
 // How many warps share a row pair (S): the fewest that give at least
 // min_blocks blocks of 8 warps, and no more than a row has 256-wide chunks.
-// About 4 blocks fit on each of an H100's 132 SMs: a 1B model's q/k/v (1536
-// pairs) and o/down (1024 pairs) need S = 4 to fill it once, its gate/up
-// (8192 pairs) none. CIDER_DEC_BLOCKS overrides the 512 (for tuning).
+// On an H100 (bench/gpu_decode.py, ncu) S = 1 was fastest for a 1B model's
+// q/k/v (192 blocks: 8.4 us, against 9.0-9.3 for S = 2-8) and gate/up
+// (1024 blocks: 24.7 us, against 25.9-37.2), so S > 1 is kept for smaller
+// models (Qwen2.5-0.5B's q/k/v: 72 blocks). CIDER_DEC_BLOCKS overrides the
+// 128 (for tuning).
 int split_for(int pairs, int K) {
   static const int min_blocks = [] {
     const char* e = std::getenv("CIDER_DEC_BLOCKS");
     const int v = e ? std::atoi(e) : 0;
-    return v > 0 ? v : 512;
+    return v > 0 ? v : 128;
   }();
   const int chunks = (K + 255) / 256;
   int S = 1;

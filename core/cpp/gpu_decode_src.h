@@ -339,13 +339,16 @@ __device__ __forceinline__ void greedy(const T* x, unsigned* y) {
 
 // What each call compiles (the template arguments come from MLX's
 // constexpr lines; the KV variant's cache is an input MLX passes as const,
-// with its shape because the text names cache_shape).
+// with its shape because the text names cache_shape). pos and freqs are
+// cast: SwiGLU's caller passes h in their place (never read).
 inline constexpr const char* kCiderNormCall =
     "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B>"
-    "(h, dl, g, w, bias, pos, freqs, static_cast<T*>(nullptr), 0, hout, y);";
+    "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
+    "static_cast<T*>(nullptr), 0, hout, y);";
 inline constexpr const char* kCiderNormKvCall =
     "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B>"
-    "(h, dl, g, w, bias, pos, freqs, const_cast<T*>(cache), cache_shape[2], hout, q);";
+    "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
+    "const_cast<T*>(cache), cache_shape[2], hout, q);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V>(x, y);";
 
 }  // namespace cider
