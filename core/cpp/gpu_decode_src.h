@@ -248,26 +248,40 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // MLX's logsumexp keeps them (same fast exp), then the argmax.
 template <typename T, int V>
 __device__ __forceinline__ void greedy(const T* x, unsigned* y) {
-  constexpr int TH = 1024, NV = V / 8;
+  constexpr int TH = 1024, U = 4;  // U 16-byte loads in flight per thread
   __shared__ float sm[32], sn[32], bv[32];
   __shared__ unsigned bi[32];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const uint4* xv = reinterpret_cast<const uint4*>(x);
+  // x may start inside a 16-byte word (the last row of a prompt's logits is
+  // a view at (L - 1) * V elements): the elements before the first whole
+  // word, and after the last, are read one at a time.
+  const int lead0 = int(((16 - (reinterpret_cast<size_t>(x) & 15)) & 15) / sizeof(T));
+  const int lead = lead0 < V ? lead0 : V, nv = (V - lead) / 8, tail = lead + nv * 8;
+  const uint4* xv = reinterpret_cast<const uint4*>(x + lead);
+  auto single = [&](int k) { return k < lead ? k : tail + (k - lead); };  // k-th element read singly
+  const int ns = V - nv * 8;
+
   float m = -3.402823466e38f, n = 0.f;
-#pragma unroll 4
-  for (int i = tid; i < NV; i += TH) {
-    const uint4 u = xv[i];
-    const T* e = reinterpret_cast<const T*>(&u);
-    float mm = m;
+  for (int i0 = tid; i0 < nv; i0 += U * TH) {
+    uint4 u[U];
 #pragma unroll
-    for (int j = 0; j < 8; j++) mm = fmaxf(mm, static_cast<float>(e[j]));
-    n *= __expf(m - mm);
+    for (int k = 0; k < U; k++)
+      if (i0 + k * TH < nv) u[k] = xv[i0 + k * TH];
 #pragma unroll
-    for (int j = 0; j < 8; j++) n += __expf(static_cast<float>(e[j]) - mm);
-    m = mm;
+    for (int k = 0; k < U; k++) {
+      if (i0 + k * TH >= nv) break;
+      const T* e = reinterpret_cast<const T*>(&u[k]);
+      float mm = m;
+#pragma unroll
+      for (int j = 0; j < 8; j++) mm = fmaxf(mm, static_cast<float>(e[j]));
+      n *= __expf(m - mm);
+#pragma unroll
+      for (int j = 0; j < 8; j++) n += __expf(static_cast<float>(e[j]) - mm);
+      m = mm;
+    }
   }
-  for (int i = NV * 8 + tid; i < V; i += TH) {
-    const float v = static_cast<float>(x[i]), mm = fmaxf(m, v);
+  for (int k = tid; k < ns; k += TH) {
+    const float v = static_cast<float>(x[single(k)]), mm = fmaxf(m, v);
     n = n * __expf(m - mm) + __expf(v - mm);
     m = mm;
   }
@@ -289,28 +303,31 @@ __device__ __forceinline__ void greedy(const T* x, unsigned* y) {
   for (int i = 0; i < 32; i++) Z += sn[i] * __expf(sm[i] - M);
   const float lse = static_cast<float>(static_cast<T>(isinf(M) ? M : logf(Z) + M));
 
+  // Each thread visits its indices in increasing order, so a strict > keeps
+  // its first maximum; between threads the lower index wins a tie.
   float best = __int_as_float(0xff800000);  // -inf
   unsigned at = 0xffffffffu;
-#pragma unroll 4
-  for (int i = tid; i < NV; i += TH) {
-    const uint4 u = xv[i];
-    const T* e = reinterpret_cast<const T*>(&u);
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-      const float v = static_cast<float>(static_cast<T>(static_cast<float>(e[j]) - lse));
-      if (v > best) {
-        best = v;
-        at = unsigned(i * 8 + j);
-      }
-    }
-  }
-  for (int i = NV * 8 + tid; i < V; i += TH) {
-    const float v = static_cast<float>(static_cast<T>(static_cast<float>(x[i]) - lse));
-    if (v > best) {
+  auto visit = [&](float xf, int i) {
+    const float v = static_cast<float>(static_cast<T>(xf - lse));
+    if (v > best || (v == best && unsigned(i) < at)) {
       best = v;
       at = unsigned(i);
     }
+  };
+  for (int i0 = tid; i0 < nv; i0 += U * TH) {
+    uint4 u[U];
+#pragma unroll
+    for (int k = 0; k < U; k++)
+      if (i0 + k * TH < nv) u[k] = xv[i0 + k * TH];
+#pragma unroll
+    for (int k = 0; k < U; k++) {
+      if (i0 + k * TH >= nv) break;
+      const T* e = reinterpret_cast<const T*>(&u[k]);
+#pragma unroll
+      for (int j = 0; j < 8; j++) visit(static_cast<float>(e[j]), lead + (i0 + k * TH) * 8 + j);
+    }
   }
+  for (int k = tid; k < ns; k += TH) visit(static_cast<float>(x[single(k)]), single(k));
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const float b2 = __shfl_xor_sync(0xffffffffu, best, o);

@@ -32,14 +32,21 @@ fn decode(m: &Model) -> (Vec<Vec<f32>>, Vec<String>) {
 }
 
 /// cider's greedy-sampling kernel picks the token MLX's logsumexp,
-/// subtract and argmax pick, on real logits (20 decode steps).
+/// subtract and argmax pick, on real logits: a 3-token prompt's last row (a
+/// view into its logits), then 20 decode steps.
 fn greedy_agrees(m: &Model, kind: &str) {
     let mut caches = m.net.make_caches();
     let mut t = 1;
-    for step in 0..20 {
-        let logits = m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap();
-        let v = logits.dim(-1);
-        let l = logits.reshape(&[1, v]).unwrap();
+    for step in 0..21 {
+        let l = if step == 0 {
+            let logits = m.forward(&Array::from_i32(&[1, 2, 3], &[1, 3]).unwrap(), &mut caches).unwrap();
+            let v = logits.dim(-1);
+            logits.slice(&[0, 2, 0], &[1, 3, v]).unwrap().reshape(&[1, v]).unwrap()
+        } else {
+            let logits = m.forward(&Array::from_i32(&[t], &[1, 1]).unwrap(), &mut caches).unwrap();
+            let v = logits.dim(-1);
+            logits.reshape(&[1, v]).unwrap()
+        };
         let ours = mlx::gpu_greedy(&l).unwrap().astype(Dtype::I32).unwrap().to_vec_i32().unwrap();
         let theirs = l.sub(&l.logsumexp(-1, true).unwrap()).unwrap().argmax(-1, false).unwrap().astype(Dtype::I32).unwrap().to_vec_i32().unwrap();
         assert_eq!(ours, theirs, "{kind} step {step}: greedy token");
