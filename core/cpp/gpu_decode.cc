@@ -6,7 +6,11 @@
 // against MLX's own ops once per activation type, and launches.
 // CIDER_GPU_KERNELS=0 (or gpu_kernels_enable(false)) turns them off.
 #include <stdlib.h>  // mkdtemp
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -67,28 +71,65 @@ std::string minified(const std::string& text) {
 // MLX matmuls cost about 8 us more host time each: bench/RESULTS.md,
 // seventh pass). Where no file can be written, the whole text goes inline:
 // same kernels, slower host.
-std::string device_header() {
-  static const std::string header = [] {
-    const std::string text = minified(kCiderDecodeSource);
+struct DeviceHeader {
+  std::string text;             // the device code
+  std::filesystem::path dir;    // empty: inline
+  std::string header;           // what MLX gets: the #include line, or text
+};
+
+// Writes the file into `dir`, which must be a directory this process's user
+// owns and no one else may write to (it was made by mkdtemp, or remade by
+// mkdir, so its path cannot have been taken over by another user).
+bool write_header(const std::filesystem::path& dir, const std::string& text) {
+  struct stat st;
+  if (lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
+    return false;
+  std::ofstream f(dir / "decode.cuh", std::ios::trunc);
+  f << text;
+  f.close();
+  return bool(f);
+}
+
+const DeviceHeader& device_header() {
+  static const DeviceHeader h = [] {
+    DeviceHeader d;
+    d.text = minified(kCiderDecodeSource);
+    d.header = d.text;
+    std::string tmpl;
     try {
-      std::string tmpl = (std::filesystem::temp_directory_path() / "cider-gpu-XXXXXX").string();
-      if (!mkdtemp(tmpl.data())) return text;
-      static const std::filesystem::path dir = tmpl;
-      std::atexit([] {
-        std::error_code ec;
-        std::filesystem::remove_all(dir, ec);
-      });
-      const auto path = dir / "decode.cuh";
-      std::ofstream f(path);
-      f << text;
-      f.close();
-      if (!f) return text;
-      return "#include \"" + path.string() + "\"\n";
+      tmpl = (std::filesystem::temp_directory_path() / "cider-gpu-XXXXXX").string();
     } catch (const std::exception&) {
-      return text;
+      return d;
     }
+    if (!mkdtemp(tmpl.data())) return d;
+    static const std::filesystem::path dir = tmpl;
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+    });
+    if (!write_header(dir, d.text)) return d;
+    d.dir = dir;
+    d.header = "#include \"" + (dir / "decode.cuh").string() + "\"\n";
+    return d;
   }();
-  return header;
+  return h;
+}
+
+// A temporary-file cleaner may delete the file while a long-running
+// process still compiles kernels for new shapes (a model loaded later), so
+// each launch checks it, at most every 10 s, and writes it again.
+void keep_header_file() {
+  static std::atomic<int64_t> next{0};
+  const auto& h = device_header();
+  if (h.dir.empty()) return;
+  const int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                          std::chrono::steady_clock::now().time_since_epoch()).count();
+  if (now < next.load(std::memory_order_relaxed)) return;
+  next.store(now + 10, std::memory_order_relaxed);
+  std::error_code ec;
+  if (std::filesystem::exists(h.dir / "decode.cuh", ec)) return;
+  mkdir(h.dir.c_str(), 0700);  // gone with its file: remade (then owned by us), or there
+  write_header(h.dir, h.text);
 }
 
 // The norm kernel's plain variant (output y) and KV variant (q, and keys
@@ -98,12 +139,12 @@ enum class Kind { Norm, NormKv, Greedy };
 const mx::fast::CustomKernelFunction& kernel(Kind kind) {
   static const mx::fast::CustomKernelFunction plain =
       mx::fast::cuda_kernel("cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"},
-                            kCiderNormCall, device_header(), /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
+                            kCiderNormCall, device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
   static const mx::fast::CustomKernelFunction with_kv = mx::fast::cuda_kernel(
       "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
-      kCiderNormKvCall, device_header(), /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
+      kCiderNormKvCall, device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
   static const mx::fast::CustomKernelFunction greedy = mx::fast::cuda_kernel(
-      "cider_greedy", {"x"}, {"y"}, kCiderGreedyCall, device_header(), /*ensure_row_contiguous=*/true,
+      "cider_greedy", {"x"}, {"y"}, kCiderGreedyCall, device_header().header, /*ensure_row_contiguous=*/true,
       /*shared_memory=*/0);
   switch (kind) {
     case Kind::Norm: return plain;
@@ -151,6 +192,7 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
   if (S == 0) S = split_for(pairs, K);
   const int threads = 32 * WARPS * blocks_for(pairs, S);
+  keep_header_file();
   if (cache) {
     std::vector<mx::array> in{h, dl ? *dl : h, g, w, bias ? *bias : g, pos,
                               rope.freqs ? *rope.freqs : no_freqs, *cache, prev ? *prev : *cache};
@@ -177,6 +219,7 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
 
 // logits [1, V] -> the greedy token [1] (uint32, as MLX's argmax).
 mx::array launch_greedy(const mx::array& x, const mx::Stream& s) {
+  keep_header_file();
   return kernel(Kind::Greedy)({x}, {{1}}, {mx::uint32}, {1024, 1, 1}, {1024, 1, 1},
                               {{"T", x.dtype()}, {"V", int(x.size())}}, std::nullopt, false, s)[0];
 }
@@ -205,31 +248,33 @@ std::vector<mx::array> reference(const mx::array& h, const mx::array* dl, const 
   return {hh, y};
 }
 
-// Each mode, with and without the residual add and a bias, on a shape with a
-// partial 256-wide chunk (K = 640) against MLX's ops. The dot products sum
-// in another order than cuBLAS, so outputs agree to rounding: allowed 2 % of
-// the largest magnitude (a wrong row, pair or rotation is off by its size).
-// The residual sum must agree exactly.
+// Each mode, with and without the residual add and a bias, against MLX's
+// ops, on rows with a partial 256-wide chunk: K = 640 (3 chunks; S = 4
+// leaves a warp with none) and K = 2176 (9 chunks: the prefetch ring is
+// refilled; 272 16-byte pieces of the row for 256 threads; S = 8). The dot
+// products sum in another order than cuBLAS, so outputs agree to rounding:
+// allowed 2 % of the largest magnitude (a wrong row, pair or rotation is
+// off by its size). The residual sum must agree exactly.
 std::string self_check(mx::Dtype dt, const mx::Stream& s) {
-  const int K = 640, D = 64;
+  const int D = 64;
   auto rnd = [&](mx::Shape shape, float sd, int seed) {
     return mx::astype(mx::random::normal(shape, mx::float32, 0.0f, sd, mx::random::key(seed), s), dt, s);
   };
-  auto h = rnd({1, K}, 1.0f, 1), dl = rnd({1, K}, 1.0f, 2), g = rnd({K}, 0.3f, 3);
   auto freqs = mx::astype(mx::exp(mx::multiply(mx::arange(0, D / 2, mx::float32, s), mx::array(0.3f), s), s),
                           mx::float32, s);
   const int offset = 37;
   auto pos = mx::array({offset});
-  // S (warps per row pair) is set per case: K = 640 is 3 chunks, so S = 4
-  // leaves a warp with none.
   struct Case {
-    int mode, n;
+    int K, mode, n;
     bool add, bias, use_freqs;
     int S;
   };
-  const Case cases[] = {{1, 8 * D, true, false, true, 1}, {1, 8 * D, false, true, false, 2},
-                        {2, 768, true, false, false, 4}, {2, 768, true, true, false, 1}};
+  const Case cases[] = {{640, 1, 8 * D, true, false, true, 1},   {640, 1, 8 * D, false, true, false, 2},
+                        {640, 2, 768, true, false, false, 4},    {640, 2, 768, true, true, false, 1},
+                        {2176, 2, 768, true, true, false, 1},    {2176, 1, 8 * D, true, false, true, 8}};
   for (const Case& c : cases) {
+    const int K = c.K;
+    auto h = rnd({1, K}, 1.0f, 1), dl = rnd({1, K}, 1.0f, 2), g = rnd({K}, 0.3f, 3);
     auto w = rnd({c.n, K}, 0.05f, 10 + c.mode), b = rnd({1, c.n}, 0.5f, 20 + c.mode);
     Rope rope;
     if (c.mode == 1) {
@@ -268,26 +313,32 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
     auto herr = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(want[0]), s), s), s);
     mx::eval({err, top, herr});
     const float e = err.item<float>(), t = top.item<float>(), he = herr.item<float>();
-    const std::string what = "mode " + std::to_string(c.mode) + (c.add ? " +add" : "") + (c.bias ? " +bias" : "") +
-                             " S " + std::to_string(c.S);
+    const std::string what = "K " + std::to_string(K) + " mode " + std::to_string(c.mode) + (c.add ? " +add" : "") +
+                             (c.bias ? " +bias" : "") + " S " + std::to_string(c.S);
     if (!(e <= 0.02f * t))
       return "results differ from MLX's (" + what + ": max |diff| " + std::to_string(e) + " of " +
              std::to_string(t) + ")";
     if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
   }
-  // Greedy sampling: the very token MLX's ops pick, on rows with a tail
-  // past the last 16-byte word, and (row 1 of 2, 1003 elements in) on one
-  // that starts inside a word, as a prompt's last row of logits can.
-  for (int seed : {57, 58, 61}) {  // all equal; ties after rounding; scale 4
-    auto both = mx::astype(mx::multiply(rnd({2, 1003}, 1.0f, seed), mx::array(float(seed - 57)), s), dt, s);
+  // Greedy sampling: the token MLX's ops pick (the same unless its
+  // logsumexp, summed in another order, rounds differently: it did not on
+  // these rows), on rows with a tail past the last 16-byte word, several
+  // rounds of loads per thread (V = 40003), and (row 1) one that starts
+  // inside a word, as a prompt's last row of logits can.
+  struct Row {
+    int V, seed;
+  };
+  for (const Row& r : {Row{1003, 57}, Row{1003, 58}, Row{1003, 61}, Row{40003, 61}}) {
+    // seed 57: all equal; 58: ties after rounding; 61: scale 4.
+    auto both = mx::astype(mx::multiply(rnd({2, r.V}, 1.0f, r.seed), mx::array(float(r.seed - 57)), s), dt, s);
     mx::eval(both);
     for (int row : {0, 1}) {
-      auto x = mx::slice(both, {row, 0}, {row + 1, 1003}, s);
+      auto x = mx::slice(both, {row, 0}, {row + 1, r.V}, s);
       auto got = launch_greedy(x, s);
       auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
       mx::eval({got, want});
       if (got.item<uint32_t>() != want.item<uint32_t>())
-        return "greedy token differs from MLX's (row " + std::to_string(row) + ": " +
+        return "greedy token differs from MLX's (V " + std::to_string(r.V) + ", row " + std::to_string(row) + ": " +
                std::to_string(got.item<uint32_t>()) + " against " + std::to_string(want.item<uint32_t>()) + ")";
     }
   }

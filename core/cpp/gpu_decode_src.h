@@ -35,7 +35,6 @@
 namespace cider {
 
 inline constexpr const char* kCiderDecodeSource = R"CUDA(
-#pragma once
 namespace cider_dec {
 // 8 weights (one 16-byte load) times 8 normalised inputs, into acc.
 template <typename T>
@@ -303,13 +302,13 @@ __device__ __forceinline__ void greedy(const T* x, unsigned* y) {
   for (int i = 0; i < 32; i++) Z += sn[i] * __expf(sm[i] - M);
   const float lse = static_cast<float>(static_cast<T>(isinf(M) ? M : logf(Z) + M));
 
-  // Each thread visits its indices in increasing order, so a strict > keeps
-  // its first maximum; between threads the lower index wins a tie.
+  // The lower index wins a tie. As in MLX's argmax, index 0 stands until a
+  // value is above -inf (all -inf or NaN, e.g. after a +inf logit: 0).
   float best = __int_as_float(0xff800000);  // -inf
-  unsigned at = 0xffffffffu;
+  unsigned at = 0;
   auto visit = [&](float xf, int i) {
     const float v = static_cast<float>(static_cast<T>(xf - lse));
-    if (v > best || (v == best && unsigned(i) < at)) {
+    if (v > best || (v == best && v != __int_as_float(0xff800000) && unsigned(i) < at)) {
       best = v;
       at = unsigned(i);
     }
@@ -349,7 +348,7 @@ __device__ __forceinline__ void greedy(const T* x, unsigned* y) {
       at = bi[i];
     }
   }
-  y[0] = at == 0xffffffffu ? 0u : at;
+  y[0] = at;
 }
 }  // namespace cider_dec
 )CUDA";

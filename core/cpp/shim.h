@@ -94,7 +94,9 @@ bool gpu_kernels_wanted();
 // rows (keys, then values) into cache [1, heads, capacity, head_dim] at
 // position pos (whose value is pos_value), in place, after `prev` (the last writer's output) has
 // been computed. Throws where the arguments do not fit; call
-// gpu_decode_ready first.
+// gpu_decode_ready first. h, dl, g and w are read 16 bytes at a time: they
+// must start on 16-byte boundaries, as arrays MLX allocates do (views at an
+// offset are not passed here).
 bool gpu_decode_ready(uint8_t dtype);
 std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,

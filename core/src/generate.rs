@@ -160,7 +160,8 @@ impl Stepper<'_> {
         }
         // Greedy on the GPU: one kernel instead of MLX's logsumexp, subtract
         // and single-block argmax (about 37 us of an H100 decode step of
-        // 1.3 ms for a 128K vocabulary), same token.
+        // 1.3 ms for a 128K vocabulary), same token (its logsumexp sums in
+        // another order, so a tie after rounding could rarely go the other way).
         if self.sampler.is_greedy()
             && logits.ndim() == 2
             && logits.dim(0) == 1
