@@ -153,6 +153,11 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind) {
   }
 }
 
+// Blocks of 8 warps for `pairs` row pairs, S warps a pair.
+int blocks_for(int pairs, int S) {
+  return (pairs + WARPS / S - 1) / (WARPS / S);
+}
+
 // How many warps share a row pair (S): the fewest that give at least
 // min_blocks blocks of 8 warps, and no more than a row has 256-wide chunks.
 // On an H100 (bench/gpu_decode.py, ncu) S = 1 was fastest for a 1B model's
@@ -168,12 +173,8 @@ int split_for(int pairs, int K) {
   }();
   const int chunks = (K + 255) / 256;
   int S = 1;
-  while (S < WARPS && 2 * S <= chunks && (pairs + WARPS / S - 1) / (WARPS / S) < min_blocks) S *= 2;
+  while (S < WARPS && 2 * S <= chunks && blocks_for(pairs, S) < min_blocks) S *= 2;
   return S;
-}
-
-int blocks_for(int pairs, int S) {
-  return (pairs + WARPS / S - 1) / (WARPS / S);
 }
 
 struct Rope {
@@ -193,28 +194,23 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   if (S == 0) S = split_for(pairs, K);
   const int threads = 32 * WARPS * blocks_for(pairs, S);
   keep_header_file();
+  std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs{
+      {"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
+      {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
+      {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)}};
+  const mx::array& freqs = rope.freqs ? *rope.freqs : no_freqs;
   if (cache) {
-    std::vector<mx::array> in{h, dl ? *dl : h, g, w, bias ? *bias : g, pos,
-                              rope.freqs ? *rope.freqs : no_freqs, *cache, prev ? *prev : *cache};
-    return kernel(Kind::NormKv)(
-        in, {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
-        {threads, 1, 1}, {32 * WARPS, 1, 1},
-        {{"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr}, {"MODE", mode},
-         {"D", rope.head_dim}, {"ROT", rope.rot}, {"QN", qn}, {"FREQS", rope.freqs != nullptr},
-         {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)}},
-        std::nullopt, false, s);
+    targs.emplace_back("QN", qn);
+    return kernel(Kind::NormKv)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache},
+                                {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
+                                {threads, 1, 1}, {32 * WARPS, 1, 1}, targs, std::nullopt, false, s);
   }
   // RoPE's output comes in the attention layout [1, heads, 1, head_dim]:
   // q, k and v are then views, with no reshape node between.
   const mx::Shape yshape = mode == 2 ? mx::Shape{1, N / 2} : mx::Shape{1, N / rope.head_dim, 1, rope.head_dim};
-  return kernel(Kind::Norm)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs},
-                  {h.shape(), yshape}, {h.dtype(), h.dtype()},
-                  {threads, 1, 1}, {32 * WARPS, 1, 1},
-                  {{"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
-                   {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
-                   {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)},
-                   {"LOG2B", float_bits(rope.log2_base)}},
-                  std::nullopt, false, s);
+  return kernel(Kind::Norm)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs}, {h.shape(), yshape},
+                            {h.dtype(), h.dtype()}, {threads, 1, 1}, {32 * WARPS, 1, 1}, targs, std::nullopt, false,
+                            s);
 }
 
 // logits [1, V] -> the greedy token [1] (uint32, as MLX's argmax).
@@ -367,6 +363,15 @@ const std::string& check(mx::Dtype dt, const mx::Stream& s) {
   return checks.emplace(int(dt.val()), why).first->second;
 }
 
+// The kernels can run for activations of dt on stream s: a GPU, bf16 or
+// f16, kernels not turned off, and the self-check passed.
+bool ready(mx::Dtype dt, const mx::Stream& s) {
+  if (s.device != mx::Device::gpu || (dt != mx::bfloat16 && dt != mx::float16) || !gpu_kernels_wanted() ||
+      !mx::cu::is_available())
+    return false;
+  return check(dt, s).empty();
+}
+
 std::string shape_str(const mx::array& a) {
   std::string r = "[";
   for (size_t i = 0; i < a.ndim(); i++) r += (i ? ", " : "") + std::to_string(a.shape(i));
@@ -377,10 +382,7 @@ std::string shape_str(const mx::array& a) {
 
 bool gpu_decode_ready(uint8_t dtype_code) {
   const mx::Stream s = mx::default_stream(mx::default_device());
-  const mx::Dtype dt = dtype_code == 11 ? mx::bfloat16 : dtype_code == 9 ? mx::float16 : mx::float32;
-  if (s.device != mx::Device::gpu || dt == mx::float32 || !gpu_kernels_wanted() || !mx::cu::is_available())
-    return false;
-  return check(dt, s).empty();
+  return ready(dtype_code == 11 ? mx::bfloat16 : dtype_code == 9 ? mx::float16 : mx::float32, s);
 }
 
 std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
@@ -438,7 +440,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
       bad("position " + std::to_string(p) + " outside the cache's " + std::to_string(c.shape(2)) + " slots");
   }
   const mx::Stream s = mx::default_stream(mx::default_device());
-  if (!gpu_decode_ready(uint8_t(dt == mx::bfloat16 ? 11 : 9))) bad("not available on this device");
+  if (!ready(dt, s)) bad("not available on this device");
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
                     pos.a, has_cache ? &cache.a : nullptr, qn, s, &prev.a);
   auto l = std::make_unique<ArrayList>();
@@ -453,7 +455,7 @@ std::unique_ptr<Array> gpu_greedy(const Array& logits) {
     throw std::invalid_argument("GPU greedy sampling: logits must be one bfloat16 or float16 row [1, V], not " +
                                 shape_str(x));
   const mx::Stream s = mx::default_stream(mx::default_device());
-  if (!gpu_decode_ready(uint8_t(x.dtype() == mx::bfloat16 ? 11 : 9)))
+  if (!ready(x.dtype(), s))
     throw std::invalid_argument("GPU greedy sampling: not available on this device");
   return std::make_unique<Array>(launch_greedy(x, s));
 }

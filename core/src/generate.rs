@@ -162,12 +162,8 @@ impl Stepper<'_> {
         // and single-block argmax (about 37 us of an H100 decode step of
         // 1.3 ms for a 128K vocabulary), same token (its logsumexp sums in
         // another order, so a tie after rounding could rarely go the other way).
-        if self.sampler.is_greedy()
-            && logits.ndim() == 2
-            && logits.dim(0) == 1
-            && matches!(logits.dtype(), Dtype::BF16 | Dtype::F16)
-            && mlx::gpu_decode_ready(logits.dtype())
-        {
+        // (gpu_decode_ready is false for dtypes other than bf16 and f16.)
+        if self.sampler.is_greedy() && logits.ndim() == 2 && logits.dim(0) == 1 && mlx::gpu_decode_ready(logits.dtype()) {
             return mlx::gpu_greedy(&logits);
         }
         let logprobs = logits.sub(&logits.logsumexp(-1, true)?)?;
