@@ -214,7 +214,7 @@ typedef struct cider_load_options {
      * converted once at load, quantization scales only where that does not
      * widen them. Not bit-identical to mlx-lm, and uses more memory; on
      * x86-64 CPUs with AVX2 the default is the faster one for bf16, f16 and
-     * 4/8-bit checkpoints (cider's own CPU kernels).
+     * quantized checkpoints (cider's own CPU kernels).
      */
     const char *compute_dtype;
     /**

@@ -1,5 +1,5 @@
 // cider's own CPU kernels for the projections of bf16 and f16 models: x @ W.T,
-// bias + x @ W.T, and affine 4/8-bit quantized x @ W.T.
+// bias + x @ W.T, and affine-quantized x @ W.T (2, 3, 4, 5, 6 and 8 bits).
 //
 // Why: on Linux x86-64, MLX's CPU kernels for bf16 and f16 run one
 // multiply-add at a time (its SIMD width there is 1), and its quantized kernel
@@ -9,7 +9,7 @@
 // AVX2 (one per SIMD lane). Results are therefore bit-identical to MLX's (and
 // to mlx-lm's). That is not assumed: the first use runs a self-check per type
 // against MLX's own ops on shapes that exercise every edge (row and depth
-// remainders, bias, 4 and 8 bits, group sizes 32/64/128) and turns the
+// remainders, bias, every bit width, group sizes 32/64/128) and turns the
 // kernels off for that type if one bit differs.
 //
 // The per-element arithmetic being reproduced (mlx/backend/cpu), T = bf16 or
@@ -244,8 +244,34 @@ AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_
   });
 }
 
+// MLX packs every bit width as one little-endian bit stream per row of w:
+// value k sits at bits k * BITS .. k * BITS + BITS of the row, the row being
+// K * BITS / 32 uint32 words. 2, 4 and 8-bit values fill whole words; 3, 5
+// and 6-bit ones may straddle two. Value k of a row, for the remainders:
+template <int BITS>
+inline uint32_t qvalue(const uint32_t* row, int k) {
+  const int lo = k * BITS, i = lo / 32, sh = lo % 32;
+  uint32_t v = row[i] >> sh;
+  if (sh + BITS > 32) v |= row[i + 1] << (32 - sh);
+  return v & ((1u << BITS) - 1);
+}
+
+// One step of 8 * NB sums for value k of x: q holds the quantized values of
+// the 8 rows of w of block b. H(H(scale * q) + bias) is the same for every
+// row of x; then sum = H(sum + H(x * wq)), as MLX's _qmm_t does in H.
+template <class H, int NB, int R>
+AVX2 inline void qstep(__m256 (&sum)[NB][R], const __m256 (&scv)[NB], const __m256 (&biv)[NB], int b, __m256i qi,
+                       const float* xf, int rows, int K, int k) {
+  __m256 q = _mm256_cvtepi32_ps(qi);
+  __m256 wq = H::round(_mm256_add_ps(H::round(_mm256_mul_ps(scv[b], q)), biv[b]));
+  for (int r = 0; r < rows; r++) {
+    __m256 t = H::round(_mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), wq));
+    sum[b][r] = H::round(_mm256_add_ps(sum[b][r], t));
+  }
+}
+
 // Outputs n0 .. n0 + 8 * NB of `mb` (<= R) rows of x (floats, rows K apart)
-// for affine-quantized w ([N, K * bits / 32] uint32 words, low bits first;
+// for affine-quantized w ([N, K * BITS / 32] uint32 words, see qvalue;
 // scales and biases [N, K / gs]), in H arithmetic as MLX's CPU kernel does
 // it. Every step of a sum is rounded, so each sum is a chain whose latency
 // sets the pace: several rows (prompt passes, R = MB) or several column
@@ -253,11 +279,14 @@ AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_
 template <class H, int BITS, int NB, int R>
 AVX2 void quant_cols(const float* xf, int mb, const uint32_t* w, const uint16_t* scales, const uint16_t* biases,
                      uint16_t* out, int n0, int N, int K, int gs) {
-  constexpr int PF = 32 / BITS;  // values per word
   constexpr uint32_t MASK = (1u << BITS) - 1;
-  const int KW = K / PF, G = K / gs, WPG = gs / PF;
+  const int KW = K * BITS / 32, G = K / gs;
+  const int rows = R == 1 ? 1 : mb;
   // Offsets of 8 rows' packed words, for gathering one word per row.
   const __m256i widx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(KW));
+  auto gather = [&](int b, int word) AVX2 {
+    return _mm256_i32gather_epi32(reinterpret_cast<const int*>(w + size_t(n0 + 8 * b) * KW + word), widx, 4);
+  };
   __m256 sum[NB][R];
   for (int b = 0; b < NB; b++)
     for (int r = 0; r < R; r++) sum[b][r] = _mm256_setzero_ps();
@@ -272,21 +301,44 @@ AVX2 void quant_cols(const float* xf, int mb, const uint32_t* w, const uint16_t*
       }
       scv[b] = _mm256_load_ps(sc), biv[b] = _mm256_load_ps(bi);
     }
-    for (int j = 0; j < WPG; j++) {
-      const int word = g * WPG + j;
-      __m256i wv[NB];
-      for (int b = 0; b < NB; b++)
-        wv[b] = _mm256_i32gather_epi32(reinterpret_cast<const int*>(w + size_t(n0 + 8 * b) * KW + word), widx, 4);
-      for (int p = 0; p < PF; p++) {
-        const int k = word * PF + p;
+    if constexpr (32 % BITS == 0) {
+      // Whole words: shift each word's values out one at a time.
+      constexpr int PF = 32 / BITS;
+      for (int j = 0; j < gs / PF; j++) {
+        const int word = g * (gs / PF) + j;
+        __m256i wv[NB];
+        for (int b = 0; b < NB; b++) wv[b] = gather(b, word);
+        for (int p = 0; p < PF; p++) {
+          for (int b = 0; b < NB; b++) {
+            qstep<H, NB, R>(sum, scv, biv, b, _mm256_and_si256(wv[b], _mm256_set1_epi32(int(MASK))), xf, rows, K,
+                            word * PF + p);
+            wv[b] = _mm256_srli_epi32(wv[b], BITS);
+          }
+        }
+      }
+    } else {
+      // 32 values fill exactly BITS words (group sizes are multiples of 32):
+      // gather a chunk's words, then take value p from word p * BITS / 32,
+      // joined with the next word's low bits. A shift by 32 or more gives 0
+      // (srl/sll with a register count), so the join needs no branch: where
+      // p does not straddle, the next word's bits land above the mask, and
+      // a zero word stands after the chunk's last. The loops are kept
+      // rolled: unrolled, their straight runs of gathers exhausted
+      // valgrind's translation storage (the C tests run under memcheck).
+      for (int k0 = g * gs; k0 < (g + 1) * gs; k0 += 32) {
+        __m256i wv[NB][BITS + 1];
         for (int b = 0; b < NB; b++) {
-          __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(wv[b], _mm256_set1_epi32(int(MASK))));
-          wv[b] = _mm256_srli_epi32(wv[b], BITS);
-          // H(H(scale * q) + bias): the same for every row of x.
-          __m256 wq = H::round(_mm256_add_ps(H::round(_mm256_mul_ps(scv[b], q)), biv[b]));
-          for (int r = 0; r < (R == 1 ? 1 : mb); r++) {
-            __m256 t = H::round(_mm256_mul_ps(_mm256_broadcast_ss(xf + size_t(r) * K + k), wq));
-            sum[b][r] = H::round(_mm256_add_ps(sum[b][r], t));
+#pragma GCC unroll 1
+          for (int i = 0; i < BITS; i++) wv[b][i] = gather(b, k0 / 32 * BITS + i);
+          wv[b][BITS] = _mm256_setzero_si256();
+        }
+#pragma GCC unroll 1
+        for (int p = 0; p < 32; p++) {
+          const int i = p * BITS / 32, sh = p * BITS % 32;
+          const __m128i right = _mm_cvtsi32_si128(sh), left = _mm_cvtsi32_si128(32 - sh);
+          for (int b = 0; b < NB; b++) {
+            __m256i v = _mm256_or_si256(_mm256_srl_epi32(wv[b][i], right), _mm256_sll_epi32(wv[b][i + 1], left));
+            qstep<H, NB, R>(sum, scv, biv, b, _mm256_and_si256(v, _mm256_set1_epi32(int(MASK))), xf, rows, K, k0 + p);
           }
         }
       }
@@ -300,9 +352,7 @@ AVX2 void quant_cols(const float* xf, int mb, const uint32_t* w, const uint16_t*
 template <class H, int BITS>
 AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, const uint16_t* biases, uint16_t* out,
                 int M, int N, int K, int gs) {
-  constexpr int PF = 32 / BITS;
-  constexpr uint32_t MASK = (1u << BITS) - 1;
-  const int KW = K / PF, G = K / gs, N8 = N - N % 8;
+  const int KW = K * BITS / 32, G = K / gs, N8 = N - N % 8;
   for_row_blocks<H>(x, M, K, [=](const float* xf, int m0, int mb) AVX2 {
     uint16_t* o = out + size_t(m0) * N;
     int n0 = 0;
@@ -313,8 +363,7 @@ AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, co
       for (int r = 0; r < mb; r++) {
         float sum = 0.f;
         for (int k = 0; k < K; k++) {
-          uint32_t word = w[size_t(n) * KW + k / PF];
-          float q = float((word >> (BITS * (k % PF))) & MASK);
+          float q = float(qvalue<BITS>(w + size_t(n) * KW, k));
           float sc = H::to_f(scales[size_t(n) * G + k / gs]), bi = H::to_f(biases[size_t(n) * G + k / gs]);
           float wq = round1<H>(round1<H>(sc * q) + bi);
           sum = round1<H>(sum + round1<H>(xf[size_t(r) * K + k] * wq));
@@ -329,9 +378,16 @@ AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, co
 template <class H>
 void run_kernel(int bits, const uint16_t* x, const void* w, const uint16_t* a, const uint16_t* b, uint16_t* o, int M,
                 int N, int K, int gs) {
-  if (bits == 0) dense<H>(x, static_cast<const uint16_t*>(w), a, o, M, N, K);
-  else if (bits == 4) quant<H, 4>(x, static_cast<const uint32_t*>(w), a, b, o, M, N, K, gs);
-  else quant<H, 8>(x, static_cast<const uint32_t*>(w), a, b, o, M, N, K, gs);
+  if (bits == 0) return dense<H>(x, static_cast<const uint16_t*>(w), a, o, M, N, K);
+  auto* wq = static_cast<const uint32_t*>(w);
+  switch (bits) {
+    case 2: return quant<H, 2>(x, wq, a, b, o, M, N, K, gs);
+    case 3: return quant<H, 3>(x, wq, a, b, o, M, N, K, gs);
+    case 4: return quant<H, 4>(x, wq, a, b, o, M, N, K, gs);
+    case 5: return quant<H, 5>(x, wq, a, b, o, M, N, K, gs);
+    case 6: return quant<H, 6>(x, wq, a, b, o, M, N, K, gs);
+    default: return quant<H, 8>(x, wq, a, b, o, M, N, K, gs);
+  }
 }
 #endif  // CIDER_X86_KERNELS
 
@@ -433,7 +489,10 @@ std::string self_check(mx::Dtype dt) {
   }
   // (M, N, K, bits, group): one-row products of N >= 32 take the 4-block path.
   const int qdims[][5] = {{1, 24, 256, 4, 64}, {5, 19, 128, 4, 32}, {2, 16, 256, 8, 128}, {4, 9, 64, 8, 32},
-                          {1, 8, 384, 4, 128}, {1, 75, 256, 4, 64}, {1, 40, 128, 8, 32}};
+                          {1, 8, 384, 4, 128}, {1, 75, 256, 4, 64}, {1, 40, 128, 8, 32},
+                          // 3, 5 and 6-bit values straddle words; 2-bit fill them
+                          {1, 41, 256, 3, 64}, {5, 19, 128, 3, 32}, {1, 32, 384, 5, 128}, {6, 11, 64, 5, 32},
+                          {1, 72, 128, 6, 64}, {3, 17, 256, 6, 128}, {1, 40, 128, 2, 32}, {4, 9, 256, 2, 64}};
   for (auto& d : qdims) {
     const int M = d[0], N = d[1], K = d[2], bits = d[3], gs = d[4];
     auto x = M > 2 ? with_nan(rnd({M, K})) : rnd({M, K});
@@ -519,7 +578,8 @@ std::optional<mx::array> try_cpu_qlinear(const mx::array& x, const mx::array& w,
                                          const mx::array& biases, int group_size, int bits, mx::StreamOrDevice sd) {
   const mx::Dtype dt = x.dtype();
   if (!half_type(dt) || scales.dtype() != dt || biases.dtype() != dt || w.dtype() != mx::uint32 ||
-      (bits != 4 && bits != 8) || group_size % (32 / bits) != 0 || w.ndim() != 2 || scales.ndim() != 2 ||
+      !(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8) || group_size % 32 != 0 ||
+      w.ndim() != 2 || scales.ndim() != 2 ||
       x.ndim() < 1 || x.size() == 0 || !on_cpu(sd))
     return std::nullopt;
   const int K = x.shape(-1), N = w.shape(0);

@@ -42,7 +42,7 @@ pub struct LoadOptions {
     /// `Some(F32)` gives up bit-parity with mlx-lm (which computes in the
     /// checkpoint's dtype). It was the fast path on CPUs before cider's own
     /// CPU kernels (core/cpp/cpu_linear.cc); on x86-64 with AVX2 the default
-    /// is now faster for bf16, f16 and 4/8-bit checkpoints. None keeps the
+    /// is now faster for bf16, f16 and quantized checkpoints. None keeps the
     /// checkpoint's dtypes.
     pub compute_dtype: Option<crate::mlx::Dtype>,
     /// CPU streams a model loaded on the CPU runs its projections on (each

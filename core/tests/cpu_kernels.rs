@@ -1,6 +1,6 @@
 //! cider's CPU kernels for bf16 and f16 projections (core/cpp/cpu_linear.cc)
 //! must give exactly MLX's bits: whole models, dense (with and without
-//! biases) and 4/8-bit quantized, prompt passes and decode steps, kernels on
+//! biases) and quantized at every bit width, prompt passes and decode steps, kernels on
 //! and off.
 //! One test function: the on/off switch is process-wide.
 mod common;
@@ -26,7 +26,7 @@ fn kernels_match_mlx_bit_for_bit() {
         eprintln!("skipped: cider's CPU kernels are {status}");
         return;
     }
-    let kinds: [(Option<(i32, i32)>, bool, usize, Dtype); 8] = [
+    let kinds: [(Option<(i32, i32)>, bool, usize, Dtype); 12] = [
         (None, false, 1, Dtype::BF16),
         (None, true, 2, Dtype::BF16),
         (Some((4, 64)), false, 1, Dtype::BF16),
@@ -35,6 +35,11 @@ fn kernels_match_mlx_bit_for_bit() {
         (None, true, 1, Dtype::F16),
         (Some((4, 64)), false, 2, Dtype::F16),
         (Some((8, 32)), true, 1, Dtype::F16),
+        // 3, 5 and 6-bit values straddle 32-bit words; 2-bit ones fill them.
+        (Some((3, 64)), false, 1, Dtype::BF16),
+        (Some((5, 32)), true, 2, Dtype::F16),
+        (Some((6, 64)), false, 2, Dtype::BF16),
+        (Some((2, 64)), true, 1, Dtype::F16),
     ];
     for (i, (quant, bias, threads, dtype)) in kinds.into_iter().enumerate() {
         let dir = tmpdir(&format!("kernels-{i}"));

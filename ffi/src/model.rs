@@ -52,7 +52,7 @@ pub struct cider_load_options {
     /// converted once at load, quantization scales only where that does not
     /// widen them. Not bit-identical to mlx-lm, and uses more memory; on
     /// x86-64 CPUs with AVX2 the default is the faster one for bf16, f16 and
-    /// 4/8-bit checkpoints (cider's own CPU kernels).
+    /// quantized checkpoints (cider's own CPU kernels).
     pub compute_dtype: *const c_char,
     /// CPU streams each projection is split over when the model runs on the
     /// CPU (MLX runs one stream on one core; results stay bit-identical).

@@ -805,7 +805,7 @@ impl Model {
 /// `compute_dtype` ("float32", "float16", "bfloat16"; None = the checkpoint's)
 /// computes in that dtype (weights converted once at load; quantization
 /// scales kept as stored), not bit-identical to mlx-lm; on x86-64 CPUs with
-/// AVX2 the default is now the faster one for bf16, f16 and 4/8-bit checkpoints. `cpu_threads`: CPU streams each projection is
+/// AVX2 the default is now the faster one for bf16, f16 and quantized checkpoints. `cpu_threads`: CPU streams each projection is
 /// split over on the CPU (results stay bit-identical); None = the
 /// CIDER_CPU_THREADS environment variable, else one per core (at most 8).
 #[pyfunction]
