@@ -79,6 +79,9 @@ fn main() {
         .std("c++20")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")
+        // The CPU kernels reproduce MLX's roundings: a multiply and an add
+        // must never be fused into one (cpu_linear.cc, float32).
+        .flag_if_supported("-ffp-contract=off")
         .include(&inc)
         .compile("cider_mlx_shim");
     println!("cargo:rustc-link-search=native={}", lib.display());

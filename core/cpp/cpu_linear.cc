@@ -83,6 +83,7 @@ AVX2 inline __m256 round_bf16(__m256 v) {
 // vector is rounded to values of the type (computed in float, rounded after
 // every operation, as MLX's software types do), and how rounded values store.
 struct BF16 {
+  using T = uint16_t;
   static float to_f(uint16_t b) { return bf2f(b); }
   static uint16_t from_f(float f) { return f2bf(f); }
   AVX2 static __m256 load8(const uint16_t* p) {
@@ -101,6 +102,7 @@ struct BF16 {
 };
 
 struct F16 {
+  using T = uint16_t;
   // MLX's _MLX_Float16 rounds to nearest even with subnormals and overflow
   // to infinity, as F16C does; only its NaN differs (sign | 0x7D00).
   AVX2 static float to_f(uint16_t h) { return _cvtsh_ss(h); }
@@ -124,6 +126,21 @@ struct F16 {
         if (nan >> i & 1) p[i] = from_f(f[i]);
     }
   }
+};
+
+// float32: MLX's CPU matmul calls BLAS sgemm, and the wheels' reference BLAS
+// computes each output as a sequential float sum of separately rounded
+// products (mulss then addss: no FMA), then adds the bias once (addmm:
+// 1 * sum + 1 * c). dense() below does exactly that per lane; the kernels are
+// compiled for avx2 without fma (and with -ffp-contract=off), so no multiply
+// and add are fused into one rounding.
+struct F32 {
+  using T = float;
+  static float to_f(float f) { return f; }
+  static float from_f(float f) { return f; }
+  AVX2 static __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+  AVX2 static __m256 round(__m256 v) { return v; }
+  AVX2 static void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
 };
 
 template <class H>
@@ -156,14 +173,14 @@ constexpr int MB = 4;
 
 // Loads w[0 .. 8, k .. k + 8] (rows K apart) as t[kk] = w[0 .. 8, k + kk].
 template <class H>
-AVX2 inline void load_tile(const uint16_t* w, size_t K, int k, __m256 t[8]) {
+AVX2 inline void load_tile(const typename H::T* w, size_t K, int k, __m256 t[8]) {
   for (int i = 0; i < 8; i++) t[i] = H::load8(w + i * K + k);
   transpose8(t);
 }
 
 // w[0 .. 8, k] as one vector (the depth remainder, k past the last tile).
 template <class H>
-AVX2 inline __m256 load_column(const uint16_t* w, size_t K, int k) {
+AVX2 inline __m256 load_column(const typename H::T* w, size_t K, int k) {
   alignas(32) float col[8];
   for (int i = 0; i < 8; i++) col[i] = H::to_f(w[i * K + k]);
   return _mm256_load_ps(col);
@@ -171,7 +188,7 @@ AVX2 inline __m256 load_column(const uint16_t* w, size_t K, int k) {
 
 // Rounds, adds the bias first if any, and stores 8 outputs.
 template <class H>
-AVX2 inline void finish8(__m256 acc, const uint16_t* c, uint16_t* out) {
+AVX2 inline void finish8(__m256 acc, const typename H::T* c, typename H::T* out) {
   if (c) acc = _mm256_add_ps(acc, H::load8(c));
   H::store8(out, H::round(acc));
 }
@@ -182,7 +199,8 @@ AVX2 inline void finish8(__m256 acc, const uint16_t* c, uint16_t* out) {
 // several column blocks (decode steps, NB = 4) give independent chains, so
 // one's adds overlap another's (a single chain waits on the add latency).
 template <class H, int NB, int R>
-AVX2 void dense_cols(const float* xf, int mb, const uint16_t* wb, const uint16_t* c, uint16_t* out, int N, int K) {
+AVX2 void dense_cols(const float* xf, int mb, const typename H::T* wb, const typename H::T* c, typename H::T* out, int N,
+                     int K) {
   const int K8 = K - K % 8;
   const int rows = R == 1 ? 1 : mb;
   __m256 acc[NB][R];
@@ -213,7 +231,7 @@ AVX2 void dense_cols(const float* xf, int mb, const uint16_t* wb, const uint16_t
 // Calls f(xf, m0, mb) for each block of up to MB rows of x (m0 .. m0 + mb),
 // those rows converted to floats, K apart, in xf.
 template <class H, class F>
-AVX2 void for_row_blocks(const uint16_t* x, int M, int K, F f) {
+AVX2 void for_row_blocks(const typename H::T* x, int M, int K, F f) {
   std::vector<float> xf(size_t(MB) * K);
   for (int m0 = 0; m0 < M; m0 += MB) {
     const int mb = std::min(MB, M - m0);
@@ -225,10 +243,11 @@ AVX2 void for_row_blocks(const uint16_t* x, int M, int K, F f) {
 
 // out[M, N] = x[M, K] @ w[N, K].T (+ c[N]) in H, 8 rows of w per lane group.
 template <class H>
-AVX2 void dense(const uint16_t* x, const uint16_t* w, const uint16_t* c, uint16_t* out, int M, int N, int K) {
+AVX2 void dense(const typename H::T* x, const typename H::T* w, const typename H::T* c, typename H::T* out, int M, int N,
+                int K) {
   const int N8 = N - N % 8;
   for_row_blocks<H>(x, M, K, [=](const float* xf, int m0, int mb) AVX2 {
-    uint16_t* o = out + size_t(m0) * N;
+    typename H::T* o = out + size_t(m0) * N;
     int n0 = 0;
     if (mb == 1)
       for (; n0 + 32 <= N8; n0 += 32) dense_cols<H, 4, 1>(xf, 1, w + size_t(n0) * K, c ? c + n0 : nullptr, o + n0, N, K);
@@ -374,19 +393,27 @@ AVX2 void quant(const uint16_t* x, const uint32_t* w, const uint16_t* scales, co
   });
 }
 
-// One projection's kernel, picked by element type and bit width.
+// One projection's kernel, picked by element type and bit width (float32:
+// dense only; make_linear is never asked for more).
 template <class H>
-void run_kernel(int bits, const uint16_t* x, const void* w, const uint16_t* a, const uint16_t* b, uint16_t* o, int M,
-                int N, int K, int gs) {
-  if (bits == 0) return dense<H>(x, static_cast<const uint16_t*>(w), a, o, M, N, K);
-  auto* wq = static_cast<const uint32_t*>(w);
-  switch (bits) {
-    case 2: return quant<H, 2>(x, wq, a, b, o, M, N, K, gs);
-    case 3: return quant<H, 3>(x, wq, a, b, o, M, N, K, gs);
-    case 4: return quant<H, 4>(x, wq, a, b, o, M, N, K, gs);
-    case 5: return quant<H, 5>(x, wq, a, b, o, M, N, K, gs);
-    case 6: return quant<H, 6>(x, wq, a, b, o, M, N, K, gs);
-    default: return quant<H, 8>(x, wq, a, b, o, M, N, K, gs);
+void run_kernel(int bits, const void* xv, const void* w, const void* av, const void* bv, void* ov, int M, int N, int K,
+                int gs) {
+  using T = typename H::T;
+  auto* x = static_cast<const T*>(xv);
+  auto* a = static_cast<const T*>(av);
+  auto* o = static_cast<T*>(ov);
+  if (bits == 0) return dense<H>(x, static_cast<const T*>(w), a, o, M, N, K);
+  if constexpr (sizeof(T) == 2) {
+    auto* wq = static_cast<const uint32_t*>(w);
+    auto* b = static_cast<const T*>(bv);
+    switch (bits) {
+      case 2: return quant<H, 2>(x, wq, a, b, o, M, N, K, gs);
+      case 3: return quant<H, 3>(x, wq, a, b, o, M, N, K, gs);
+      case 4: return quant<H, 4>(x, wq, a, b, o, M, N, K, gs);
+      case 5: return quant<H, 5>(x, wq, a, b, o, M, N, K, gs);
+      case 6: return quant<H, 6>(x, wq, a, b, o, M, N, K, gs);
+      default: return quant<H, 8>(x, wq, a, b, o, M, N, K, gs);
+    }
   }
 }
 #endif  // CIDER_X86_KERNELS
@@ -413,16 +440,18 @@ class CpuLinear : public mx::UnaryPrimitive {
     enc.set_output_array(out);
     const int K = x.shape(-1), N = out.shape(-1);
     const int M = K ? int(x.size() / K) : 0;
-    auto* o = out.data<uint16_t>();
-    auto* xp = x.data<uint16_t>();
+    void* o = out.data<void>();
+    const void* xp = x.data<void>();
     const void* wp = w.data<void>();
     // dense: a = bias row (or none); quantized: a = scales, b = biases
-    const uint16_t* ap = in.size() > 2 ? in[2].data<uint16_t>() : nullptr;
-    const uint16_t* bp = in.size() > 3 ? in[3].data<uint16_t>() : nullptr;
+    const void* ap = in.size() > 2 ? in[2].data<void>() : nullptr;
+    const void* bp = in.size() > 3 ? in[3].data<void>() : nullptr;
 #ifdef CIDER_X86_KERNELS
     const int bits = bits_, gs = gs_;
     if (x.dtype() == mx::float16)
       enc.dispatch([=]() { run_kernel<F16>(bits, xp, wp, ap, bp, o, M, N, K, gs); });
+    else if (x.dtype() == mx::float32)
+      enc.dispatch([=]() { run_kernel<F32>(bits, xp, wp, ap, bp, o, M, N, K, gs); });
     else
       enc.dispatch([=]() { run_kernel<BF16>(bits, xp, wp, ap, bp, o, M, N, K, gs); });
 #else
@@ -469,8 +498,10 @@ std::string self_check(mx::Dtype dt) {
   // negative one, as x86 makes them (0 * inf), whose sign MLX's bf16
   // rounding drops and its f16 rounding keeps.
   auto with_nan = [&](const mx::array& x) {
-    const int bits = x.dtype() == mx::float16 ? 0xFE00 : 0xFFC0;
-    auto nan = mx::view(mx::full({1, 1}, mx::array(bits, mx::uint16), s), x.dtype(), s);
+    auto nan = x.dtype() == mx::float32
+                   ? mx::view(mx::full({1, 1}, mx::array(0xFFC00000u, mx::uint32), s), x.dtype(), s)
+                   : mx::view(mx::full({1, 1}, mx::array(x.dtype() == mx::float16 ? 0xFE00 : 0xFFC0, mx::uint16), s),
+                              x.dtype(), s);
     return mx::slice_update(x, nan, mx::Shape{0, 1}, mx::Shape{1, 2}, s);
   };
   // (M, N, K): remainders in M (rows of 4), N (8) and K (8) and none.
@@ -487,6 +518,7 @@ std::string self_check(mx::Dtype dt) {
     if (!same(make_linear(x, {wt, c}, N, 0, 0, s), mx::addmm(c, x, wt, 1.f, 1.f, s)))
       return "dense with bias " + std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
   }
+  if (dt == mx::float32) return "";  // dense only (MLX's f32 quantized kernel is SIMD already)
   // (M, N, K, bits, group): one-row products of N >= 32 take the 4-block path.
   const int qdims[][5] = {{1, 24, 256, 4, 64}, {5, 19, 128, 4, 32}, {2, 16, 256, 8, 128}, {4, 9, 64, 8, 32},
                           {1, 8, 384, 4, 128}, {1, 75, 256, 4, 64}, {1, 40, 128, 8, 32},
@@ -529,7 +561,8 @@ std::string check_type(mx::Dtype dt) {
 const std::string& kernels_off_reason(mx::Dtype dt) {
   static const std::string bf16 = check_type(mx::bfloat16);
   static const std::string f16 = check_type(mx::float16);
-  return dt == mx::float16 ? f16 : bf16;
+  static const std::string f32 = check_type(mx::float32);
+  return dt == mx::float16 ? f16 : dt == mx::float32 ? f32 : bf16;
 }
 
 // Cleared by cpu_kernels_enable(false): MLX's own ops are used instead
@@ -541,19 +574,26 @@ bool on_cpu(const mx::StreamOrDevice& sd) {
 }
 
 bool half_type(mx::Dtype dt) { return dt == mx::bfloat16 || dt == mx::float16; }
+bool dense_type(mx::Dtype dt) { return half_type(dt) || dt == mx::float32; }
 
 }  // namespace
 
 void cpu_kernels_enable(bool on) { kernels_wanted = on; }
 
 rust::String cpu_kernels_status() {
-  const std::string& b = kernels_off_reason(mx::bfloat16);
-  const std::string& h = kernels_off_reason(mx::float16);
-  if (b.empty() && h.empty()) return rust::String("on");
-  if (b == h) return rust::String("off: " + b);
-  if (b.empty()) return rust::String("on for bfloat16; off for float16: " + h);
-  if (h.empty()) return rust::String("on for float16; off for bfloat16: " + b);
-  return rust::String("off: bfloat16: " + b + "; float16: " + h);
+  const std::pair<const char*, mx::Dtype> types[] = {
+      {"bfloat16", mx::bfloat16}, {"float16", mx::float16}, {"float32", mx::float32}};
+  const std::string& first = kernels_off_reason(types[0].second);
+  bool same = true;
+  std::string on, off;
+  for (auto& [name, dt] : types) {
+    const std::string& why = kernels_off_reason(dt);
+    same = same && why == first;
+    if (why.empty()) on += (on.empty() ? "" : ", ") + std::string(name);
+    else off += (off.empty() ? "" : "; ") + std::string(name) + ": " + why;
+  }
+  if (same) return rust::String(first.empty() ? "on" : "off: " + first);
+  return rust::String(on.empty() ? "off: " + off : "on for " + on + "; off for " + off);
 }
 
 std::optional<mx::array> try_cpu_linear(const mx::array& x, const mx::array& wt, const std::optional<mx::array>& c,
@@ -561,7 +601,7 @@ std::optional<mx::array> try_cpu_linear(const mx::array& x, const mx::array& wt,
   // wt: an evaluated [K, N] transposed view of a row-major [N, K] weight of
   // x's type.
   const mx::Dtype dt = x.dtype();
-  if (!half_type(dt) || wt.dtype() != dt || wt.ndim() != 2 || x.ndim() < 1 || x.size() == 0 ||
+  if (!dense_type(dt) || wt.dtype() != dt || wt.ndim() != 2 || x.ndim() < 1 || x.size() == 0 ||
       x.shape(-1) != wt.shape(0) || !wt.is_available() || !wt.flags().col_contiguous || !on_cpu(sd))
     return std::nullopt;
   const int N = wt.shape(1);

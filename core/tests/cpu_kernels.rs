@@ -1,4 +1,4 @@
-//! cider's CPU kernels for bf16 and f16 projections (core/cpp/cpu_linear.cc)
+//! cider's CPU kernels for bf16, f16 and f32 projections (core/cpp/cpu_linear.cc)
 //! must give exactly MLX's bits: whole models, dense (with and without
 //! biases) and quantized at every bit width, prompt passes and decode steps, kernels on
 //! and off.
@@ -26,7 +26,7 @@ fn kernels_match_mlx_bit_for_bit() {
         eprintln!("skipped: cider's CPU kernels are {status}");
         return;
     }
-    let kinds: [(Option<(i32, i32)>, bool, usize, Dtype); 12] = [
+    let kinds: [(Option<(i32, i32)>, bool, usize, Dtype); 14] = [
         (None, false, 1, Dtype::BF16),
         (None, true, 2, Dtype::BF16),
         (Some((4, 64)), false, 1, Dtype::BF16),
@@ -40,6 +40,9 @@ fn kernels_match_mlx_bit_for_bit() {
         (Some((5, 32)), true, 2, Dtype::F16),
         (Some((6, 64)), false, 2, Dtype::BF16),
         (Some((2, 64)), true, 1, Dtype::F16),
+        // float32: the reference BLAS's sequential sums, bias added last.
+        (None, true, 2, Dtype::F32),
+        (None, false, 1, Dtype::F32),
     ];
     for (i, (quant, bias, threads, dtype)) in kinds.into_iter().enumerate() {
         let dir = tmpdir(&format!("kernels-{i}"));
