@@ -1,5 +1,6 @@
-// cider's own CPU kernels for the projections of bf16 and f16 models: x @ W.T,
-// bias + x @ W.T, and affine-quantized x @ W.T (2, 3, 4, 5, 6 and 8 bits).
+// cider's own CPU kernels for the projections of bf16, f16 and f32 models:
+// x @ W.T, bias + x @ W.T, and (bf16, f16) affine-quantized x @ W.T (2, 3,
+// 4, 5, 6 and 8 bits).
 //
 // Why: on Linux x86-64, MLX's CPU kernels for bf16 and f16 run one
 // multiply-add at a time (its SIMD width there is 1), and its quantized kernel
@@ -415,13 +416,14 @@ void run_kernel(int bits, const void* xv, const void* w, const void* av, const v
       default: return quant<H, 8>(x, wq, a, b, o, M, N, K, gs);
     }
   }
+  throw std::runtime_error("cider's CPU kernels have no quantized float32 product");
 }
 #endif  // CIDER_X86_KERNELS
 
 // One projection: inputs {x, w} (dense; w is the [K, N] transposed view of a
 // row-major [N, K] weight), {x, w, c} (dense with bias row c), or
-// {x, w, scales, biases} (quantized, bits_ > 0). Output dtype: x's (bf16 or
-// f16, as are the weight, bias, scales and biases).
+// {x, w, scales, biases} (quantized, bits_ > 0; bf16 or f16 only). Output
+// dtype: x's (bf16, f16 or f32, as are the weight, bias, scales and biases).
 class CpuLinear : public mx::UnaryPrimitive {
  public:
   CpuLinear(mx::Stream s, int bits, int group_size) : mx::UnaryPrimitive(s), bits_(bits), gs_(group_size) {}
@@ -538,8 +540,8 @@ std::string self_check(mx::Dtype dt) {
   return "";
 }
 
-// "" when the kernels are in use for this element type (bf16 or f16), else
-// why not. Decided once per process and type.
+// "" when the kernels are in use for this element type (bf16, f16 or f32),
+// else why not. Decided once per process and type.
 std::string check_type(mx::Dtype dt) {
   const char* env = std::getenv("CIDER_CPU_KERNELS");
   if (env && std::string(env) == "0") return "turned off by CIDER_CPU_KERNELS=0";
@@ -618,7 +620,9 @@ std::optional<mx::array> try_cpu_qlinear(const mx::array& x, const mx::array& w,
                                          const mx::array& biases, int group_size, int bits, mx::StreamOrDevice sd) {
   const mx::Dtype dt = x.dtype();
   if (!half_type(dt) || scales.dtype() != dt || biases.dtype() != dt || w.dtype() != mx::uint32 ||
-      !(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8) || group_size % 32 != 0 ||
+      !(bits == 2 || bits == 3 || bits == 4 || bits == 5 || bits == 6 || bits == 8) ||
+      // MLX's group sizes; anything else goes to MLX's op, which names the error.
+      !(group_size == 32 || group_size == 64 || group_size == 128) ||
       w.ndim() != 2 || scales.ndim() != 2 ||
       x.ndim() < 1 || x.size() == 0 || !on_cpu(sd))
     return std::nullopt;
