@@ -500,10 +500,9 @@ std::string self_check(mx::Dtype dt) {
   // negative one, as x86 makes them (0 * inf), whose sign MLX's bf16
   // rounding drops and its f16 rounding keeps.
   auto with_nan = [&](const mx::array& x) {
-    auto nan = x.dtype() == mx::float32
-                   ? mx::view(mx::full({1, 1}, mx::array(0xFFC00000u, mx::uint32), s), x.dtype(), s)
-                   : mx::view(mx::full({1, 1}, mx::array(x.dtype() == mx::float16 ? 0xFE00 : 0xFFC0, mx::uint16), s),
-                              x.dtype(), s);
+    auto bits = x.dtype() == mx::float32 ? mx::array(0xFFC00000u, mx::uint32)
+                                         : mx::array(x.dtype() == mx::float16 ? 0xFE00 : 0xFFC0, mx::uint16);
+    auto nan = mx::view(mx::full({1, 1}, bits, s), x.dtype(), s);
     return mx::slice_update(x, nan, mx::Shape{0, 1}, mx::Shape{1, 2}, s);
   };
   // (M, N, K): remainders in M (rows of 4), N (8) and K (8) and none.
@@ -596,6 +595,11 @@ rust::String cpu_kernels_status() {
   }
   if (same) return rust::String(first.empty() ? "on" : "off: " + first);
   return rust::String(on.empty() ? "off: " + off : "on for " + on + "; off for " + off);
+}
+
+rust::String cpu_kernels_off_reason(uint8_t dtype) {
+  const mx::Dtype dt = to_dtype(dtype);
+  return rust::String(dense_type(dt) ? kernels_off_reason(dt) : std::string("no kernels for this type"));
 }
 
 std::optional<mx::array> try_cpu_linear(const mx::array& x, const mx::array& wt, const std::optional<mx::array>& c,

@@ -12,9 +12,8 @@
 namespace mx = mlx::core;
 
 namespace cider {
-namespace {
 
-// Dtype codes shared with Rust (core/src/mlx/dtype.rs). Fixed numbers.
+// Dtype codes shared with Rust (core/src/mlx/array.rs, Dtype). Fixed numbers.
 mx::Dtype to_dtype(uint8_t code) {
   switch (code) {
     case 0: return mx::bool_;
@@ -34,6 +33,8 @@ mx::Dtype to_dtype(uint8_t code) {
   }
   throw std::invalid_argument("unknown dtype code " + std::to_string(code));
 }
+
+namespace {
 
 uint8_t from_dtype(mx::Dtype d) {
   switch (d.val()) {

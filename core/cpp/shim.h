@@ -73,8 +73,14 @@ std::optional<mlx::core::array> try_cpu_linear(const mlx::core::array& x, const 
 std::optional<mlx::core::array> try_cpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,
                                                 const mlx::core::array& scales, const mlx::core::array& biases,
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
-// "on", or "off: <why>".
+// "on", "off: <why>", or which types are on and why the others are off.
 rust::String cpu_kernels_status();
+// "" when cider's CPU kernels compute projections of this dtype (a code of
+// core/src/mlx/array.rs, Dtype), else why not.
+rust::String cpu_kernels_off_reason(uint8_t dtype);
+// The dtype of a code shared with Rust (core/src/mlx/array.rs, Dtype); throws on an
+// unknown code.
+mlx::core::Dtype to_dtype(uint8_t code);
 // cider's 4-bit prompt matmul on NVIDIA GPUs (gpu_qmm.cc): the op, or
 // nullopt where it does not apply (then MLX's op is used).
 std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,

@@ -13,21 +13,6 @@ fn run(m: &Model) -> (Vec<Vec<u32>>, Vec<String>) {
     logit_bits(m, &[0, 3, 4, 5, 6, 3, 7, 13, 14, 40, 41], &[9, 21])
 }
 
-/// Whether the kernels run for a type, read off `cpu_kernels_status()`: "on",
-/// "off: why", or "on for bfloat16, float16; off for float32: why".
-fn kernels_on(status: &str, ty: &str) -> bool {
-    status == "on"
-        || status.strip_prefix("on for ").and_then(|r| r.split(';').next()).is_some_and(|l| l.split(", ").any(|t| t == ty))
-}
-
-fn type_name(dtype: Dtype) -> &'static str {
-    match dtype {
-        Dtype::BF16 => "bfloat16",
-        Dtype::F16 => "float16",
-        _ => "float32",
-    }
-}
-
 #[test]
 fn kernels_match_mlx_bit_for_bit() {
     mlx::device::set_gpu(false).unwrap();
@@ -37,7 +22,9 @@ fn kernels_match_mlx_bit_for_bit() {
         // Off here would mean the self-check found this MLX computing
         // differently. float32 goes through BLAS: another one preloaded
         // (OpenBLAS) sums differently and rightly turns that type off.
-        assert!(kernels_on(&status, "bfloat16") && kernels_on(&status, "float16"), "{status}");
+        for dtype in [Dtype::BF16, Dtype::F16] {
+            assert_eq!(mlx::cpu_kernels_off_reason(dtype), "", "{dtype:?}");
+        }
         if std::env::var_os("LD_PRELOAD").is_none() {
             assert_eq!(status, "on");
         }
@@ -61,8 +48,9 @@ fn kernels_match_mlx_bit_for_bit() {
         (None, false, 1, Dtype::F32),
     ];
     for (i, (quant, bias, threads, dtype)) in kinds.into_iter().enumerate() {
-        if !kernels_on(&status, type_name(dtype)) {
-            eprintln!("skipped {dtype:?}: cider's CPU kernels are {status}");
+        let off = mlx::cpu_kernels_off_reason(dtype);
+        if !off.is_empty() {
+            eprintln!("skipped {dtype:?}: cider's CPU kernels are off for it: {off}");
             continue;
         }
         let dir = tmpdir(&format!("kernels-{i}"));

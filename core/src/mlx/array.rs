@@ -162,11 +162,17 @@ pub fn cpu_workers(n: usize) -> Result<usize> {
     Ok(ffi::cpu_workers(n.min(i32::MAX as usize) as i32)? as usize)
 }
 
-/// Whether cider's own CPU kernels for bf16 and f16 projections are in use:
-/// "on", "off: <why>", or which type is on and why the other is off (see
-/// core/cpp/cpu_linear.cc; decided on first use, per type).
+/// Whether cider's own CPU kernels for bf16, f16 and f32 projections are in
+/// use: "on", "off: <why>", or which types are on and why the others are off
+/// (see core/cpp/cpu_linear.cc; decided on first use, per type).
 pub fn cpu_kernels_status() -> String {
     ffi::cpu_kernels_status()
+}
+
+/// "" when cider's CPU kernels compute the projections of `dtype`, else why
+/// not (the per-type part of `cpu_kernels_status`).
+pub fn cpu_kernels_off_reason(dtype: Dtype) -> String {
+    ffi::cpu_kernels_off_reason(dtype as u8).unwrap_or_else(|e| e.what().to_string())
 }
 
 /// Whether cider's quantized prompt matmul runs on the GPU ("not used yet" until

@@ -35,6 +35,7 @@ pub(crate) mod ffi {
         fn active_tasks() -> i32;
         fn cpu_workers(n: i32) -> Result<i32>;
         fn cpu_kernels_status() -> String;
+        fn cpu_kernels_off_reason(dtype: u8) -> Result<String>;
         fn gpu_kernels_status() -> String;
         fn cpu_kernels_enable(on: bool);
         fn gpu_kernels_enable(on: bool);
