@@ -33,7 +33,8 @@ LABELS = os.path.join("/tmp", "gpu_decode_labels.json")
 
 # (name, kind, N, K) for Llama-3.2-1B: hidden 2048, 32 + 2 x 8 heads of 64, MLP 8192.
 SHAPES = [("qkv", "rope", 3072, 2048), ("gate_up", "swiglu", 16384, 2048)]
-SPLITS = [1, 2, 4, 8]
+# (S, chunks in flight per warp)
+SPLITS = [(1, 4), (1, 8), (2, 4), (1, 2)]
 
 
 def fbits(f):
@@ -52,7 +53,8 @@ def main():
     dt = mx.bfloat16
     norm_k = mx.fast.cuda_kernel("cider_dec", ["h", "dl", "g", "w", "bias", "pos", "freqs"], ["hout", "y"],
                                  CALLS["kCiderNormCall"], header=HEADER)
-    greedy_k = mx.fast.cuda_kernel("cider_greedy", ["x"], ["y"], CALLS["kCiderGreedyCall"], header=HEADER)
+    greedy_k = mx.fast.cuda_kernel("cider_greedy", ["x", "scratch", "prev"], ["y"], CALLS["kCiderGreedyCall"],
+                                   header=HEADER)
     marker = mx.zeros((4,))
     labels = []
 
@@ -74,25 +76,30 @@ def main():
         x = mx.random.normal((1, K)).astype(dt)
         mx.eval(w, x, h, dl, g, pos, freqs)
         group(f"{name} MLX matmul", lambda: mx.matmul(x, w.T))
-        for S in SPLITS:
+        for S, IF in SPLITS:
             if 2 * S > 2 * ((K + 255) // 256):
                 continue
             blocks = (N // 2 + 8 // S - 1) // (8 // S)
             mode = {"rope": 1, "swiglu": 2}[kind]
             yshape = (1, N // 2) if mode == 2 else (1, N)
-            f = lambda S=S, blocks=blocks, mode=mode, yshape=yshape: norm_k(
+            f = lambda S=S, IF=IF, blocks=blocks, mode=mode, yshape=yshape: norm_k(
                 inputs=[h, dl, g, w, g, pos, freqs], output_shapes=[(1, K), yshape], output_dtypes=[dt, dt],
                 grid=(256 * blocks, 1, 1), threadgroup=(256, 1, 1),
                 template=[("T", dt), ("K", K), ("N", N), ("S", S), ("ADD", True), ("BIAS", False),
                           ("MODE", mode), ("D", 64 if mode == 1 else 2), ("ROT", 2560 if mode == 1 else 0),
-                          ("FREQS", True), ("EPS", fbits(1e-5)), ("SCALE", fbits(1.0)), ("LOG2B", 0)])[1]
+                          ("FREQS", True), ("EPS", fbits(1e-5)), ("SCALE", fbits(1.0)), ("LOG2B", 0),
+                          ("IF", IF)])[1]
             mx.eval(f())
-            group(f"{name} cider S={S} blocks={blocks}", f)
+            group(f"{name} cider S={S} in-flight={IF} blocks={blocks}", f)
     logits = (mx.random.normal((1, 128256)) * 4).astype(dt)
     mx.eval(logits)
     mlx_greedy = lambda: mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
-    ours = lambda: greedy_k(inputs=[logits], output_shapes=[(1,)], output_dtypes=[mx.uint32], grid=(1024, 1, 1),
-                            threadgroup=(1024, 1, 1), template=[("T", dt), ("V", 128256)])[0]
+    scratch = mx.zeros((129,), mx.uint32)
+    mx.eval(scratch)
+    nb = min(64, 128256 // 2048)
+    ours = lambda: greedy_k(inputs=[logits, scratch, scratch], output_shapes=[(1,)], output_dtypes=[mx.uint32],
+                            grid=(256 * nb, 1, 1), threadgroup=(256, 1, 1),
+                            template=[("T", dt), ("V", 128256), ("NB", nb)])[0]
     same = mlx_greedy().item() == ours().item()
     group("greedy MLX logsumexp+subtract+argmax", mlx_greedy)
     group(f"greedy cider same={same}", ours)

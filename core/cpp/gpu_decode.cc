@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +21,8 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <utility>
 
 #include "gpu_decode_src.h"
 #include "mlx/backend/cuda/cuda.h"
@@ -144,7 +147,7 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind) {
       "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
       kCiderNormKvCall, device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
   static const mx::fast::CustomKernelFunction greedy = mx::fast::cuda_kernel(
-      "cider_greedy", {"x"}, {"y"}, kCiderGreedyCall, device_header().header, /*ensure_row_contiguous=*/true,
+      "cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall, device_header().header, /*ensure_row_contiguous=*/true,
       /*shared_memory=*/0);
   switch (kind) {
     case Kind::Norm: return plain;
@@ -177,6 +180,9 @@ int split_for(int pairs, int K) {
   return S;
 }
 
+// 256-wide chunks of both rows a warp keeps in flight (the kernel's IF).
+constexpr int IN_FLIGHT = 4;
+
 struct Rope {
   int rot = 0, head_dim = 2;
   const mx::array* freqs = nullptr;  // else base 2^log2_base
@@ -197,7 +203,8 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs{
       {"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
       {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
-      {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)}};
+      {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)},
+      {"IF", IN_FLIGHT}};
   const mx::array& freqs = rope.freqs ? *rope.freqs : no_freqs;
   if (cache) {
     targs.emplace_back("QN", qn);
@@ -213,11 +220,32 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
                             s);
 }
 
-// logits [1, V] -> the greedy token [1] (uint32, as MLX's argmax).
-mx::array launch_greedy(const mx::array& x, const mx::Stream& s) {
+// Blocks of the greedy kernel: a slice of at least 2048 logits each (one
+// 16-byte load a thread), at most 64 (the last block combines the slices in
+// one warp, two a lane).
+constexpr int GREEDY_MAX_BLOCKS = 64;
+int greedy_blocks(int V) {
+  return std::max(1, std::min(GREEDY_MAX_BLOCKS, V / 2048));
+}
+
+// The greedy kernel's scratch: each block's (max, sum) and the counter
+// that finds the last block, zero between calls (the last block resets it).
+mx::array greedy_scratch(const mx::Stream& s) {
+  auto a = mx::zeros({2 * GREEDY_MAX_BLOCKS + 1}, mx::uint32, s);
+  mx::eval(a);
+  return a;
+}
+
+// logits [1, V] -> the greedy token [1] (uint32, as MLX's argmax). The
+// kernel writes `scratch` though MLX sees it as an input, so two calls on
+// one scratch must not run at once: MLX's CUDA graphs run nodes with no
+// data dependency concurrently, so each call also takes the previous call's
+// output `prev` (not read), which orders it after that call.
+mx::array launch_greedy(const mx::array& x, const mx::array& scratch, const mx::array& prev, const mx::Stream& s) {
   keep_header_file();
-  return kernel(Kind::Greedy)({x}, {{1}}, {mx::uint32}, {1024, 1, 1}, {1024, 1, 1},
-                              {{"T", x.dtype()}, {"V", int(x.size())}}, std::nullopt, false, s)[0];
+  const int V = int(x.size()), nb = greedy_blocks(V);
+  return kernel(Kind::Greedy)({x, scratch, prev}, {{1}}, {mx::uint32}, {256 * nb, 1, 1}, {256, 1, 1},
+                              {{"T", x.dtype()}, {"V", V}, {"NB", nb}}, std::nullopt, false, s)[0];
 }
 
 // MLX's ops for the same step, each rounding as it does in a model.
@@ -251,7 +279,7 @@ std::vector<mx::array> reference(const mx::array& h, const mx::array* dl, const 
 // products sum in another order than cuBLAS, so outputs agree to rounding:
 // allowed 2 % of the largest magnitude (a wrong row, pair or rotation is
 // off by its size). The residual sum must agree exactly.
-std::string self_check(mx::Dtype dt, const mx::Stream& s) {
+std::string self_test(mx::Dtype dt, const mx::Stream& s) {
   const int D = 64;
   auto rnd = [&](mx::Shape shape, float sd, int seed) {
     return mx::astype(mx::random::normal(shape, mx::float32, 0.0f, sd, mx::random::key(seed), s), dt, s);
@@ -324,13 +352,18 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
   struct Row {
     int V, seed;
   };
-  for (const Row& r : {Row{1003, 57}, Row{1003, 58}, Row{1003, 61}, Row{40003, 61}}) {
-    // seed 57: all equal; 58: ties after rounding; 61: scale 4.
+  auto scratch = greedy_scratch(s);
+  auto prev = scratch;
+  for (const Row& r : {Row{1003, 57}, Row{1003, 58}, Row{1003, 61}, Row{40003, 57}, Row{40003, 58},
+                       Row{40003, 61}}) {
+    // seed 57: all equal; 58: ties after rounding; 61: scale 4. V = 40003:
+    // 19 slices, ties across them.
     auto both = mx::astype(mx::multiply(rnd({2, r.V}, 1.0f, r.seed), mx::array(float(r.seed - 57)), s), dt, s);
     mx::eval(both);
     for (int row : {0, 1}) {
       auto x = mx::slice(both, {row, 0}, {row + 1, r.V}, s);
-      auto got = launch_greedy(x, s);
+      auto got = launch_greedy(x, scratch, prev, s);
+      prev = got;
       auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
       mx::eval({got, want});
       if (got.item<uint32_t>() != want.item<uint32_t>())
@@ -341,35 +374,150 @@ std::string self_check(mx::Dtype dt, const mx::Stream& s) {
   return "";
 }
 
-std::mutex mu;
-// dtype -> "" when in use, else why not.
-std::map<int, std::string> checks;
-
-const std::string& check(mx::Dtype dt, const mx::Stream& s) {
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = checks.find(int(dt.val()));
-  if (it != checks.end()) return it->second;
-  std::string why;
-  const char* env = std::getenv("CIDER_GPU_KERNELS");
-  if (env && std::string(env) == "0") {
-    why = "turned off by CIDER_GPU_KERNELS=0";
-  } else {
-    try {
-      why = self_check(dt, s);
-    } catch (const std::exception& e) {
-      why = std::string("self-check failed: ") + e.what();
-    }
+// One kernel configuration as a model launches it: everything that picks
+// a compiled kernel (the template arguments), so checking a configuration
+// compiles exactly the kernel the model then runs.
+struct Cfg {
+  mx::Dtype dt = mx::bfloat16;
+  int K = 0, N = 0, mode = 0, qn = 0;  // qn > 0: the KV variant
+  bool add = false, bias = false;
+  Rope rope;
+  bool freqs = false;
+  float eps = 0.f;
+  // What picks the kernel, compared without formatting: launches look it
+  // up on every call (33 a decode step), so no string is built for that.
+  auto tie() const {
+    return std::make_tuple(int(dt.val()), K, N, mode, qn, add, bias, rope.rot, rope.head_dim, freqs,
+                           float_bits(rope.log2_base), float_bits(rope.scale), float_bits(eps));
   }
-  return checks.emplace(int(dt.val()), why).first->second;
+  bool operator<(const Cfg& o) const { return tie() < o.tie(); }
+  std::string key() const {
+    char b[256];
+    std::snprintf(b, sizeof b, "%s K %d N %d mode %d qn %d add %d bias %d rot %d D %d freqs %d log2b %a scale %a eps %a",
+                  dt == mx::bfloat16 ? "bfloat16" : "float16", K, N, mode, qn, add, bias, rope.rot, rope.head_dim,
+                  freqs, rope.log2_base, rope.scale, eps);
+    return b;
+  }
+};
+
+// The configuration against MLX's ops on random inputs of its shapes (the
+// first K = 640-style edge cases are self_test's, for the GPU test): outputs
+// within 2 % of the largest magnitude (the dot products sum in another
+// order than cuBLAS; a wrong row, pair or rotation is off by its size), the
+// residual sum exact; the KV variant's keys and values land at the position
+// and nowhere else.
+std::string check_cfg(const Cfg& c, const mx::Stream& s) {
+  const int K = c.K, N = c.N, D = c.rope.head_dim;
+  auto rnd = [&](mx::Shape shape, float sd, int seed) {
+    return mx::astype(mx::random::normal(shape, mx::float32, 0.0f, sd, mx::random::key(seed), s), c.dt, s);
+  };
+  auto freqs = mx::astype(mx::exp(mx::multiply(mx::arange(0, std::max(D / 2, 1), mx::float32, s), mx::array(0.3f), s), s),
+                          mx::float32, s);
+  const int offset = 37;
+  auto pos = mx::arange(offset, offset + 4, mx::int32, s);
+  auto h = rnd({1, K}, 1.0f, 1), dl = rnd({1, K}, 1.0f, 2), g = rnd({K}, 0.3f, 3);
+  auto w = rnd({N, K}, 0.05f, 10), b = rnd({1, N}, 0.5f, 20);
+  Rope rope = c.rope;
+  rope.freqs = c.freqs ? &freqs : nullptr;
+  const mx::array* dlp = c.add ? &dl : nullptr;
+  const mx::array* bp = c.bias ? &b : nullptr;
+  auto want = reference(h, dlp, g, c.eps, w, bp, c.mode, rope, offset, s);
+  auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
+  mx::array got_h = h, got_y = h, stray = mx::array(0.0f);
+  if (c.qn > 0) {
+    const int cap = offset + 3, heads = (N - c.qn) / D;
+    auto cache = mx::zeros({1, heads, cap, D}, c.dt, s);
+    mx::eval(cache);
+    auto out = launch(h, dlp, g, c.eps, w, bp, c.mode, rope, pos, &cache, c.qn, s);
+    mx::eval(out);
+    auto slot = mx::slice(cache, {0, 0, offset, 0}, {1, heads, offset + 1, D}, s);
+    got_h = out[0];
+    got_y = mx::concatenate({f32(out[1]), f32(slot)}, 0, s);
+    auto others = mx::concatenate({mx::slice(cache, {0, 0, 0, 0}, {1, heads, offset, D}, s),
+                                   mx::slice(cache, {0, 0, offset + 1, 0}, {1, heads, cap, D}, s)}, 2, s);
+    stray = mx::max(mx::abs(f32(others), s), s);
+  } else {
+    auto out = launch(h, dlp, g, c.eps, w, bp, c.mode, rope, pos, nullptr, 0, s);
+    got_h = out[0];
+    got_y = out[1];
+  }
+  auto err = mx::max(mx::abs(mx::subtract(f32(got_y), f32(want[1]), s), s), s);
+  auto top = mx::max(mx::abs(f32(want[1]), s), s);
+  auto herr = mx::max(mx::abs(mx::subtract(f32(got_h), f32(want[0]), s), s), s);
+  mx::eval({err, top, herr, stray});
+  const float e = err.item<float>(), t = top.item<float>(), he = herr.item<float>(), st = stray.item<float>();
+  if (!(e <= 0.02f * t))
+    return "results differ from MLX's (" + c.key() + ": max |diff| " + std::to_string(e) + " of " +
+           std::to_string(t) + ")";
+  if (!(he == 0.0f)) return "residual sum differs from MLX's (" + c.key() + ": " + std::to_string(he) + ")";
+  if (!(st == 0.0f)) return "keys or values written outside their position (" + c.key() + ")";
+  return "";
 }
 
-// The kernels can run for activations of dt on stream s: a GPU, bf16 or
-// f16, kernels not turned off, and the self-check passed.
+// The greedy kernel for rows of V logits against MLX's logsumexp, subtract
+// and argmax: all values equal (index 0), ties after rounding, and a wide
+// spread; the first row starts inside a 16-byte word. The token must be the
+// same (it is unless MLX's logsumexp, summed in another order, rounds
+// differently: it did not on these rows).
+std::string check_greedy(mx::Dtype dt, int V, const mx::Stream& s) {
+  auto scratch = greedy_scratch(s);
+  auto prev = scratch;
+  for (int seed : {57, 58, 61}) {
+    auto both = mx::astype(
+        mx::multiply(mx::random::normal({2, V}, mx::float32, 0.0f, 1.0f, mx::random::key(seed), s),
+                     mx::array(float(seed - 57)), s),
+        dt, s);
+    auto flat = mx::reshape(both, {2 * V}, s);
+    mx::eval(flat);
+    for (int row : {0, 1}) {
+      // row 0: V values from element 1, inside the first word
+      auto x = mx::reshape(mx::slice(flat, {row == 0 ? 1 : V}, {row == 0 ? V + 1 : 2 * V}, s), {1, V}, s);
+      auto got = launch_greedy(x, scratch, prev, s);
+      prev = got;
+      auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
+      mx::eval({got, want});
+      if (got.item<uint32_t>() != want.item<uint32_t>())
+        return "greedy token differs from MLX's (V " + std::to_string(V) + ", seed " + std::to_string(seed) +
+               ", row " + std::to_string(row) + ": " + std::to_string(got.item<uint32_t>()) + " against " +
+               std::to_string(want.item<uint32_t>()) + ")";
+    }
+  }
+  return "";
+}
+
+std::mutex mu;
+// configuration -> "" when it passed its check, else why not; greedy
+// sampling's by (dtype, V).
+std::map<Cfg, std::string> checks;
+std::map<std::pair<int, int>, std::string> greedy_checks;
+
+template <typename M, typename K, typename F>
+const std::string& checked(M& memo, const K& key, F run) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = memo.find(key);
+  if (it != memo.end()) return it->second;
+  std::string why;
+  try {
+    why = run();
+  } catch (const std::exception& e) {
+    why = std::string("self-check failed: ") + e.what();
+  }
+  return memo.emplace(key, why).first->second;
+}
+
+// The kernels can run for activations of dt on stream s: a GPU with CUDA,
+// bf16 or f16, and kernels not turned off. Each configuration is checked
+// against MLX's ops before its first use (checked()).
 bool ready(mx::Dtype dt, const mx::Stream& s) {
   if (s.device != mx::Device::gpu || (dt != mx::bfloat16 && dt != mx::float16) || !gpu_kernels_wanted() ||
       !mx::cu::is_available())
     return false;
-  return check(dt, s).empty();
+  const char* env = std::getenv("CIDER_GPU_KERNELS");
+  return !(env && std::string(env) == "0");
+}
+
+mx::Dtype dtype_of(uint8_t code) {
+  return code == 11 ? mx::bfloat16 : code == 9 ? mx::float16 : mx::float32;
 }
 
 std::string shape_str(const mx::array& a) {
@@ -382,7 +530,41 @@ std::string shape_str(const mx::array& a) {
 
 bool gpu_decode_ready(uint8_t dtype_code) {
   const mx::Stream s = mx::default_stream(mx::default_device());
-  return ready(dtype_code == 11 ? mx::bfloat16 : dtype_code == 9 ? mx::float16 : mx::float32, s);
+  return ready(dtype_of(dtype_code), s);
+}
+
+rust::String gpu_decode_check(uint8_t dtype_code, int32_t K, int32_t N, int32_t mode, bool has_dl, bool has_bias,
+                              int32_t rot, int32_t head_dim, bool has_freqs, float log2_base, float rope_scale,
+                              float eps, int32_t qn) {
+  const mx::Dtype dt = dtype_of(dtype_code);
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s)) return rust::String("not available on this device");
+  Cfg c{dt, K, N, mode, qn, has_dl, has_bias, Rope{rot, head_dim, nullptr, log2_base, rope_scale}, has_freqs, eps};
+  if (mode == 2) c.rope = Rope{};
+  if (K % 8 || K > MAX_K || N % 2 || N <= 0 || (mode != 1 && mode != 2) ||
+      (mode == 1 && (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N)) ||
+      (qn > 0 && (mode != 1 || qn % head_dim || qn >= rot)))
+    return rust::String("shapes the kernel does not take (" + c.key() + ")");
+  return rust::String(checked(checks, c, [&] { return check_cfg(c, s); }));
+}
+
+rust::String gpu_greedy_check(uint8_t dtype_code, int32_t V) {
+  const mx::Dtype dt = dtype_of(dtype_code);
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s)) return rust::String("not available on this device");
+  if (V < 1) return rust::String("no logits");
+  return rust::String(checked(greedy_checks, std::make_pair(int(dt.val()), int(V)), [&] { return check_greedy(dt, V, s); }));
+}
+
+rust::String gpu_decode_self_test(uint8_t dtype_code) {
+  const mx::Dtype dt = dtype_of(dtype_code);
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s)) return rust::String("not available on this device");
+  try {
+    return rust::String(self_test(dt, s));
+  } catch (const std::exception& e) {
+    return rust::String(std::string("self-test failed: ") + e.what());
+  }
 }
 
 std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
@@ -441,6 +623,15 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   }
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!ready(dt, s)) bad("not available on this device");
+  // Checked against MLX's ops before its first launch (the model asks
+  // gpu_decode_check first, so this finds it done).
+  {
+    Cfg c{dt, K, N, int(mode), has_cache ? int(qn) : 0, has_dl, has_bias, rope, has_freqs, eps};
+    if (mode == 2) c.rope = Rope{};
+    c.rope.freqs = nullptr;
+    const std::string& why = checked(checks, c, [&] { return check_cfg(c, s); });
+    if (!why.empty()) bad("failed its check against MLX's ops: " + why);
+  }
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
                     pos.a, has_cache ? &cache.a : nullptr, qn, s, &prev.a);
   auto l = std::make_unique<ArrayList>();
@@ -448,8 +639,15 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   return l;
 }
 
-std::unique_ptr<Array> gpu_greedy(const Array& logits) {
+std::unique_ptr<Array> gpu_greedy_scratch() {
+  return std::make_unique<Array>(greedy_scratch(mx::default_stream(mx::default_device())));
+}
+
+std::unique_ptr<Array> gpu_greedy(const Array& logits, const Array& scratch, const Array& prev) {
   const auto& x = logits.a;
+  const auto& sc = scratch.a;
+  if (sc.dtype() != mx::uint32 || sc.size() != size_t(2 * GREEDY_MAX_BLOCKS + 1) || !sc.is_available())
+    throw std::invalid_argument("GPU greedy sampling: scratch must come from gpu_greedy_scratch");
   if ((x.dtype() != mx::bfloat16 && x.dtype() != mx::float16) || x.ndim() != 2 || x.shape(0) != 1 ||
       x.shape(1) < 1)
     throw std::invalid_argument("GPU greedy sampling: logits must be one bfloat16 or float16 row [1, V], not " +
@@ -457,15 +655,28 @@ std::unique_ptr<Array> gpu_greedy(const Array& logits) {
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!ready(x.dtype(), s))
     throw std::invalid_argument("GPU greedy sampling: not available on this device");
-  return std::make_unique<Array>(launch_greedy(x, s));
+  const std::string& why = checked(greedy_checks, std::make_pair(int(x.dtype().val()), int(x.size())),
+                                   [&] { return check_greedy(x.dtype(), int(x.size()), s); });
+  if (!why.empty()) throw std::invalid_argument("GPU greedy sampling failed its check against MLX's ops: " + why);
+  return std::make_unique<Array>(launch_greedy(x, sc, prev.a, s));
 }
 
 std::string gpu_decode_status() {
   std::lock_guard<std::mutex> lock(mu);
+  // "bfloat16 on (3 kernels checked)", or each failed check and why.
   std::string r;
-  for (const auto& [dt, why] : checks) {
-    const std::string what = dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16";
-    r += (r.empty() ? "" : ", ") + what + (why.empty() ? " on" : " off: " + why);
+  for (const mx::Dtype dt : {mx::bfloat16, mx::float16}) {
+    int ok = 0;
+    std::string bad;
+    auto count = [&](int d, const std::string& why) {
+      if (d != int(dt.val())) return;
+      if (why.empty()) ok++;
+      else bad += (bad.empty() ? "" : "; ") + why;
+    };
+    for (const auto& [c, why] : checks) count(int(c.dt.val()), why);
+    for (const auto& [k, why] : greedy_checks) count(k.first, why);
+    if (ok == 0 && bad.empty()) continue;
+    r += (r.empty() ? "" : ", ") + std::string(dt == mx::bfloat16 ? "bfloat16" : "float16") + (bad.empty() ? " on (" + std::to_string(ok) + " kernels checked)" : " off: " + bad);
   }
   return r;
 }

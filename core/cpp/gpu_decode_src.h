@@ -77,15 +77,17 @@ __device__ __forceinline__ float warp_sum(float v) {
 // buffer [1, heads, cap, D] (the cache's only owner passes it; see
 // gpu_decode.cc for why that is sound).
 // S (1, 2, 4 or 8) warps share a row pair, each summing a slice of K: few
-// rows (a 1B model's q/k/v: 1536 pairs) then still fill the GPU.
+// rows (a 1B model's q/k/v: 1536 pairs) then still fill the GPU. IF: 256-wide
+// chunks of both rows a warp keeps in flight (4; on an H100, 8 was slower:
+// 95-162 registers a thread against 64; bench/RESULTS.md, eighth pass).
 template <typename T, int K, int N, int S, bool ADD, bool BIAS, int MODE, int D, int ROT, int QN, bool FREQS,
-          int EPS, int SCALE, int LOG2B>
+          int EPS, int SCALE, int LOG2B, int IF>
 __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, const T* w, const T* bias,
                                           const int* pos, const float* freqs, T* cache, int cap, T* hout, T* y) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;    // 256-wide chunks of a row: 8 elements per lane
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
-  constexpr int CB = CW < 4 ? CW : 4;   // chunks of both rows in flight per warp
+  constexpr int CB = CW < IF ? CW : IF; // chunks of both rows in flight per warp
   constexpr int PB = WARPS / S;         // row pairs per block
   constexpr int P = N / 2;              // row pairs
   constexpr int DH = D > 1 ? D / 2 : 1;
@@ -242,116 +244,159 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
 // index of the largest T(x - T(logsumexp(x))), what MLX's logsumexp,
 // subtract and argmax give (mlx-lm samples from log-probabilities, and
-// rounding them can tie logits that differ). One block of 1024 threads, two
-// passes over the row (in L2): the running max and sum of exponentials as
-// MLX's logsumexp keeps them (same fast exp), then the argmax.
-template <typename T, int V>
-__device__ __forceinline__ void greedy(const T* x, unsigned* y) {
-  constexpr int TH = 1024, U = 4;  // U 16-byte loads in flight per thread
-  __shared__ float sm[32], sn[32], bv[32];
-  __shared__ unsigned bi[32];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+// rounding them can tie logits that differ).
+// NB blocks of 256 threads each take a contiguous slice of the row and
+// write its running max and sum of exponentials (kept as MLX's logsumexp
+// keeps them, same fast exp) to `scratch`; the last block to finish (a
+// counter in scratch[2 NB], reset to 0 at the end) combines them into the
+// logsumexp. Rounding x - lse to T is monotonic, so the largest value is
+// T(M - lse) for the row's max M, and the first block whose own max
+// reaches it holds the answer: only that slice is read again. (One block
+// doing all of it was about 18 us on an H100, compute-bound in one SM.)
+// scratch: 2 NB + 1 words, zero the first time; one kernel at a time may
+// use it (callers chain the calls: gpu_decode.cc).
+__device__ __forceinline__ void lse_step(float& m, float& n, const float v) {
+  const float mm = fmaxf(m, v);
+  n = n * __expf(m - mm) + __expf(v - mm);
+  m = mm;
+}
+__device__ __forceinline__ void lse_join(float& m, float& n, const float m2, const float n2) {
+  const float mm = fmaxf(m, m2);
+  n = n * __expf(m - mm) + n2 * __expf(m2 - mm);
+  m = mm;
+}
+template <typename T, int V, int NB>
+__device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, unsigned* y) {
+  constexpr int TH = 256, WARPS = TH / 32;
+  unsigned* scratch = const_cast<unsigned*>(scratch_in);
+  __shared__ float sm[WARPS], sn[WARPS];
+  __shared__ float s_lse, s_target;
+  __shared__ int s_last, s_blk, s_idx;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, b = blockIdx.x;
   // x may start inside a 16-byte word (the last row of a prompt's logits is
   // a view at (L - 1) * V elements): the elements before the first whole
-  // word, and after the last, are read one at a time.
+  // word belong to block 0, those after the last to block NB - 1, each read
+  // singly, so the slices stay in index order.
   const int lead0 = int(((16 - (reinterpret_cast<size_t>(x) & 15)) & 15) / sizeof(T));
   const int lead = lead0 < V ? lead0 : V, nv = (V - lead) / 8, tail = lead + nv * 8;
   const uint4* xv = reinterpret_cast<const uint4*>(x + lead);
-  auto single = [&](int k) { return k < lead ? k : tail + (k - lead); };  // k-th element read singly
-  const int ns = V - nv * 8;
+  const int per = (nv + NB - 1) / NB;
+  auto words = [&](int blk, int& w0, int& w1) {
+    w0 = min(blk * per, nv);
+    w1 = min(w0 + per, nv);
+  };
+  // Singles of block blk: k-th for k < count.
+  auto singles = [&](int blk) { return (blk == 0 ? lead : 0) + (blk == NB - 1 ? V - tail : 0); };
+  auto single = [&](int blk, int k) { return blk == 0 && k < lead ? k : tail + (k - (blk == 0 ? lead : 0)); };
 
+  int w0, w1;
+  words(b, w0, w1);
   float m = -3.402823466e38f, n = 0.f;
-  for (int i0 = tid; i0 < nv; i0 += U * TH) {
-    uint4 u[U];
+  for (int i = w0 + tid; i < w1; i += TH) {
+    const uint4 u = xv[i];
+    const T* e = reinterpret_cast<const T*>(&u);
+    float mm = m;
 #pragma unroll
-    for (int k = 0; k < U; k++)
-      if (i0 + k * TH < nv) u[k] = xv[i0 + k * TH];
+    for (int j = 0; j < 8; j++) mm = fmaxf(mm, static_cast<float>(e[j]));
+    n *= __expf(m - mm);
 #pragma unroll
-    for (int k = 0; k < U; k++) {
-      if (i0 + k * TH >= nv) break;
-      const T* e = reinterpret_cast<const T*>(&u[k]);
-      float mm = m;
-#pragma unroll
-      for (int j = 0; j < 8; j++) mm = fmaxf(mm, static_cast<float>(e[j]));
-      n *= __expf(m - mm);
-#pragma unroll
-      for (int j = 0; j < 8; j++) n += __expf(static_cast<float>(e[j]) - mm);
-      m = mm;
-    }
-  }
-  for (int k = tid; k < ns; k += TH) {
-    const float v = static_cast<float>(x[single(k)]), mm = fmaxf(m, v);
-    n = n * __expf(m - mm) + __expf(v - mm);
+    for (int j = 0; j < 8; j++) n += __expf(static_cast<float>(e[j]) - mm);
     m = mm;
   }
+  for (int k = tid; k < singles(b); k += TH) lse_step(m, n, static_cast<float>(x[single(b, k)]));
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, o), n2 = __shfl_xor_sync(0xffffffffu, n, o);
-    const float mm = fmaxf(m, m2);
-    n = n * __expf(m - mm) + n2 * __expf(m2 - mm);
-    m = mm;
-  }
+  for (int o = 16; o > 0; o >>= 1)
+    lse_join(m, n, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, n, o));
   if (lane == 0) {
     sm[warp] = m;
     sn[warp] = n;
   }
   __syncthreads();
-  float M = sm[0];
-  for (int i = 1; i < 32; i++) M = fmaxf(M, sm[i]);
-  float Z = 0.f;
-  for (int i = 0; i < 32; i++) Z += sn[i] * __expf(sm[i] - M);
-  const float lse = static_cast<float>(static_cast<T>(isinf(M) ? M : logf(Z) + M));
-
-  // The lower index wins a tie. As in MLX's argmax, index 0 stands until a
-  // value is above -inf (all -inf or NaN, e.g. after a +inf logit: 0).
-  float best = __int_as_float(0xff800000);  // -inf
-  unsigned at = 0;
-  auto visit = [&](float xf, int i) {
-    const float v = static_cast<float>(static_cast<T>(xf - lse));
-    if (v > best || (v == best && v != __int_as_float(0xff800000) && unsigned(i) < at)) {
-      best = v;
-      at = unsigned(i);
-    }
-  };
-  // The same loads as the first pass, written out again: sharing them
-  // through a generic lambda took the kernel from 47 to 63 registers a
-  // thread, at the edge of the 64 that a 1024-thread block can have.
-  for (int i0 = tid; i0 < nv; i0 += U * TH) {
-    uint4 u[U];
-#pragma unroll
-    for (int k = 0; k < U; k++)
-      if (i0 + k * TH < nv) u[k] = xv[i0 + k * TH];
-#pragma unroll
-    for (int k = 0; k < U; k++) {
-      if (i0 + k * TH >= nv) break;
-      const T* e = reinterpret_cast<const T*>(&u[k]);
-#pragma unroll
-      for (int j = 0; j < 8; j++) visit(static_cast<float>(e[j]), lead + (i0 + k * TH) * 8 + j);
-    }
-  }
-  for (int k = tid; k < ns; k += TH) visit(static_cast<float>(x[single(k)]), single(k));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float b2 = __shfl_xor_sync(0xffffffffu, best, o);
-    const unsigned a2 = __shfl_xor_sync(0xffffffffu, at, o);
-    if (b2 > best || (b2 == best && a2 < at)) {
-      best = b2;
-      at = a2;
-    }
-  }
-  if (lane == 0) {
-    bv[warp] = best;
-    bi[warp] = at;
+  if (tid == 0) {
+    for (int i = 1; i < WARPS; i++) lse_join(m, n, sm[i], sn[i]);
+    // An empty slice can hold no answer.
+    if (w0 == w1 && singles(b) == 0) m = __int_as_float(0xff800000);
+    scratch[2 * b] = __float_as_uint(m);
+    scratch[2 * b + 1] = __float_as_uint(n);
+    __threadfence();
+    s_last = atomicAdd(scratch + 2 * NB, 1u) == NB - 1;
   }
   __syncthreads();
-  if (tid != 0) return;
-  for (int i = 1; i < 32; i++) {
-    if (bv[i] > best || (bv[i] == best && bi[i] < at)) {
-      best = bv[i];
-      at = bi[i];
+  if (!s_last) return;
+  __threadfence();
+
+  // The last block: every slice's (max, sum) in slice order, two a lane of
+  // warp 0 and a fixed tree, so the sum's order never changes.
+  float bm = -3.402823466e38f, bn = 0.f;
+  if (tid < NB) {
+    bm = __uint_as_float(__ldcg(scratch + 2 * tid));
+    bn = __uint_as_float(__ldcg(scratch + 2 * tid + 1));
+  }
+  if (warp == 0) {
+    float m2 = -3.402823466e38f, n2 = 0.f, m1 = m2, n1 = 0.f;
+    if (lane < NB) {
+      m1 = __uint_as_float(__ldcg(scratch + 2 * lane));
+      n1 = __uint_as_float(__ldcg(scratch + 2 * lane + 1));
+      if (isinf(m1) && m1 < 0) m1 = -3.402823466e38f;  // empty slice
+    }
+    if (lane + 32 < NB) {
+      m2 = __uint_as_float(__ldcg(scratch + 2 * (lane + 32)));
+      n2 = __uint_as_float(__ldcg(scratch + 2 * (lane + 32) + 1));
+      if (isinf(m2) && m2 < 0) m2 = -3.402823466e38f;
+    }
+    lse_join(m1, n1, m2, n2);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+      lse_join(m1, n1, __shfl_xor_sync(0xffffffffu, m1, o), __shfl_xor_sync(0xffffffffu, n1, o));
+    if (lane == 0) {
+      const float lse = static_cast<float>(static_cast<T>(isinf(m1) ? m1 : logf(n1) + m1));
+      s_lse = lse;
+      s_target = static_cast<float>(static_cast<T>(m1 - lse));
+      scratch[2 * NB] = 0u;  // for the next call
     }
   }
-  y[0] = at;
+  __syncthreads();
+  const float lse = s_lse, target = s_target;
+  // The largest value is -inf or NaN (all -inf, a NaN, or a +inf logit):
+  // index 0, as MLX's argmax leaves it.
+  unsigned at = 0;
+  if (target > __int_as_float(0xff800000)) {
+    for (int from = 0; from < NB;) {
+      __syncthreads();  // everyone has read s_idx of the last round
+      if (tid == 0) {
+        s_blk = NB;
+        s_idx = 0x7fffffff;
+      }
+      __syncthreads();
+      if (tid >= from && tid < NB && static_cast<float>(static_cast<T>(bm - lse)) == target) atomicMin(&s_blk, tid);
+      __syncthreads();
+      const int blk = s_blk;
+      if (blk == NB) break;
+      int v0, v1, first = 0x7fffffff;
+      words(blk, v0, v1);
+      for (int i = v0 + tid; i < v1 && first == 0x7fffffff; i += TH) {
+        const uint4 u = xv[i];
+        const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+          if (first == 0x7fffffff && static_cast<float>(static_cast<T>(static_cast<float>(e[j]) - lse)) == target)
+            first = lead + i * 8 + j;
+        }
+      }
+      for (int k = tid; k < singles(blk); k += TH) {
+        const int i = single(blk, k);
+        if (i < first && static_cast<float>(static_cast<T>(static_cast<float>(x[i]) - lse)) == target) first = i;
+      }
+      if (first != 0x7fffffff) atomicMin(&s_idx, first);
+      __syncthreads();
+      if (s_idx != 0x7fffffff) {
+        at = unsigned(s_idx);
+        break;
+      }
+      from = blk + 1;
+    }
+  }
+  if (tid == 0) y[0] = at;
 }
 }  // namespace cider_dec
 )CUDA";
@@ -361,13 +406,13 @@ __device__ __forceinline__ void greedy(const T* x, unsigned* y) {
 // with its shape because the text names cache_shape). pos and freqs are
 // cast: SwiGLU's caller passes h in their place (never read).
 inline constexpr const char* kCiderNormCall =
-    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B>"
+    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B, IF>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
     "static_cast<T*>(nullptr), 0, hout, y);";
 inline constexpr const char* kCiderNormKvCall =
-    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B>"
+    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
     "const_cast<T*>(cache), cache_shape[2], hout, q);";
-inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V>(x, y);";
+inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
 
 }  // namespace cider

@@ -110,9 +110,24 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
                                          bool has_cache, int32_t qn, const Array& prev, int32_t pos_value);
 // logits [1, V] (bf16/f16) -> greedy token [1] (uint32): argmax of logits -
-// logsumexp(logits), rounded as MLX's ops round. Throws where the logits do
-// not fit; call gpu_decode_ready first.
-std::unique_ptr<Array> gpu_greedy(const Array& logits);
+// logsumexp(logits), rounded as MLX's ops round. scratch (from
+// gpu_greedy_scratch) is written by the kernel; prev, the last call's
+// output on that scratch (or the scratch itself the first time), orders the
+// calls. Throws where the logits do not fit; call gpu_decode_ready first.
+std::unique_ptr<Array> gpu_greedy_scratch();
+// "" when the kernel for this configuration (gpu_norm_gemv's arguments by
+// shape) or for greedy rows of V logits agrees with MLX's ops on random
+// inputs, else why not; checked once per process, compiling only the kernel
+// that configuration runs. A model asks before its first fused step.
+rust::String gpu_decode_check(uint8_t dtype, int32_t K, int32_t N, int32_t mode, bool has_dl, bool has_bias,
+                              int32_t rot, int32_t head_dim, bool has_freqs, float log2_base, float rope_scale,
+                              float eps, int32_t qn);
+rust::String gpu_greedy_check(uint8_t dtype, int32_t V);
+// The kernels' edge cases (partial chunks, every split, KV variant against
+// the plain one, greedy rows across slices) against MLX's ops: "" or what
+// differs. For tests (compiles about ten kernels).
+rust::String gpu_decode_self_test(uint8_t dtype);
+std::unique_ptr<Array> gpu_greedy(const Array& logits, const Array& scratch, const Array& prev);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

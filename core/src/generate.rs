@@ -133,6 +133,8 @@ struct Stepper<'a> {
     sampler: Sampler,
     history: Option<Array>,
     penalty: Option<(f32, usize)>,
+    /// The GPU greedy kernel's working memory (made at its first use).
+    greedy: Option<mlx::GreedyScratch>,
 }
 
 impl Stepper<'_> {
@@ -163,8 +165,16 @@ impl Stepper<'_> {
         // 1.3 ms for a 128K vocabulary), same token (its logsumexp sums in
         // another order, so a tie after rounding could rarely go the other way).
         // (gpu_decode_ready is false for dtypes other than bf16 and f16.)
-        if self.sampler.is_greedy() && logits.ndim() == 2 && logits.dim(0) == 1 && mlx::gpu_decode_ready(logits.dtype()) {
-            return mlx::gpu_greedy(&logits);
+        if self.sampler.is_greedy()
+            && logits.ndim() == 2
+            && logits.dim(0) == 1
+            && mlx::gpu_decode_ready(logits.dtype())
+            && mlx::gpu_greedy_check(logits.dtype(), logits.dim(1)).is_ok()
+        {
+            if self.greedy.is_none() {
+                self.greedy = Some(mlx::GreedyScratch::new()?);
+            }
+            return mlx::gpu_greedy(&logits, self.greedy.as_mut().expect("made above"));
         }
         let logprobs = logits.sub(&logits.logsumexp(-1, true)?)?;
         self.sampler.sample(&logprobs)
@@ -306,7 +316,7 @@ impl Session {
         let mut st = {
             let _g = mlx_lock();
             memory::reset_peak();
-            Stepper { model, caches: model.net.make_caches(), sampler: Sampler::new(opts.sampler.clone())?, history: None, penalty }
+            Stepper { model, caches: model.net.make_caches(), sampler: Sampler::new(opts.sampler.clone())?, history: None, penalty, greedy: None }
         };
         // From here on MLX may hold work for this generation in flight (a
         // prompt layer, the step after an EOS); however this returns, the

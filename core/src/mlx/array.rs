@@ -194,11 +194,45 @@ pub fn set_gpu_kernels(on: bool) {
     ffi::gpu_kernels_enable(on)
 }
 
-/// Whether cider's fused decode kernel (core/cpp/gpu_decode.cc) can run for
-/// activations of `dtype` on the default device: a GPU, kernels not turned
-/// off, and its self-check against MLX's ops passed (run at the first call).
+/// Whether cider's fused decode kernels (core/cpp/gpu_decode.cc) can run
+/// for activations of `dtype` on the default device: a GPU with CUDA, and
+/// kernels not turned off. Each kernel configuration is also checked against
+/// MLX's ops before its first use: see `gpu_decode_check`.
 pub fn gpu_decode_ready(dtype: Dtype) -> bool {
     ffi::gpu_decode_ready(dtype as u8).unwrap_or(false)
+}
+
+fn check_result(why: String) -> Result<()> {
+    if why.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::backend(why))
+    }
+}
+
+/// Checks, once per process, the fused kernel that `gpu_norm_gemv` runs for
+/// these shapes (an [n, k] weight, a residual add or not, a bias or not,
+/// this epilogue, the KV variant when `qn` > 0) against MLX's ops on random
+/// inputs; compiles only that kernel. Err says why it is not used.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_decode_check(dtype: Dtype, k: i32, n: i32, has_dl: bool, has_bias: bool, eps: f32, epi: &DecodeEpilogue, qn: i32) -> Result<()> {
+    let (mode, rot, head_dim, has_freqs, log2_base, scale) = match epi {
+        DecodeEpilogue::Rope { rot, head_dim, freqs, log2_base, scale, .. } => (1, *rot, *head_dim, freqs.is_some(), *log2_base, *scale),
+        DecodeEpilogue::Swiglu => (2, 0, 2, false, 0.0, 1.0),
+    };
+    check_result(ffi::gpu_decode_check(dtype as u8, k, n, mode, has_dl, has_bias, rot, head_dim, has_freqs, log2_base, scale, eps, qn)?)
+}
+
+/// Checks, once per process, the GPU greedy kernel for rows of `v` logits
+/// against MLX's ops. Err says why it is not used.
+pub fn gpu_greedy_check(dtype: Dtype, v: i32) -> Result<()> {
+    check_result(ffi::gpu_greedy_check(dtype as u8, v)?)
+}
+
+/// The fused kernels' edge cases against MLX's ops (for tests: compiles
+/// about ten kernels). Err says what differs.
+pub fn gpu_decode_self_test(dtype: Dtype) -> Result<()> {
+    check_result(ffi::gpu_decode_self_test(dtype as u8)?)
 }
 
 /// What the fused decode kernel does after its matrix-vector product.
@@ -269,11 +303,28 @@ pub fn gpu_norm_gemv(
     }
 }
 
+/// The GPU greedy kernel's working memory, which the kernel writes between
+/// MLX's back: one per sequence of calls, each call ordered after the last
+/// (the kernel takes the last call's token as an input it does not read).
+pub struct GreedyScratch {
+    buf: Array,
+    last: Option<Array>,
+}
+
+impl GreedyScratch {
+    pub fn new() -> Result<Self> {
+        Ok(GreedyScratch { buf: wrap(ffi::gpu_greedy_scratch())?, last: None })
+    }
+}
+
 /// Greedy token of one row of logits [1, V] (bf16/f16) on the GPU, in one
 /// kernel: the argmax of logits - logsumexp(logits) as MLX's three ops give
 /// it. Check `gpu_decode_ready` first.
-pub fn gpu_greedy(logits: &Array) -> Result<Array> {
-    wrap(ffi::gpu_greedy(&logits.inner))
+pub fn gpu_greedy(logits: &Array, scratch: &mut GreedyScratch) -> Result<Array> {
+    let prev = scratch.last.as_ref().unwrap_or(&scratch.buf);
+    let t = wrap(ffi::gpu_greedy(&logits.inner, &scratch.buf.inner, &prev.inner))?;
+    scratch.last = Some(t.clone());
+    Ok(t)
 }
 
 /// How many evaluations MLX has submitted and not finished, on all streams.

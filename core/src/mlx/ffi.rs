@@ -45,7 +45,13 @@ pub(crate) mod ffi {
                          has_bias: bool, mode: i32, rot: i32, head_dim: i32, pos: &Array, freqs: &Array,
                          has_freqs: bool, log2_base: f32, rope_scale: f32, cache: &Array, has_cache: bool,
                          qn: i32, prev: &Array, pos_value: i32) -> Result<UniquePtr<ArrayList>>;
-        fn gpu_greedy(logits: &Array) -> Result<UniquePtr<Array>>;
+        fn gpu_greedy_scratch() -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
+        fn gpu_decode_check(dtype: u8, k: i32, n: i32, mode: i32, has_dl: bool, has_bias: bool, rot: i32, head_dim: i32,
+                            has_freqs: bool, log2_base: f32, rope_scale: f32, eps: f32, qn: i32) -> Result<String>;
+        fn gpu_greedy_check(dtype: u8, v: i32) -> Result<String>;
+        fn gpu_decode_self_test(dtype: u8) -> Result<String>;
+        fn gpu_greedy(logits: &Array, scratch: &Array, prev: &Array) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

@@ -54,6 +54,9 @@ pub struct Transformer {
     /// kernel handles, with projection and norm weights all of that dtype
     /// (see `hidden_fused`).
     fusable: Option<Dtype>,
+    /// Whether the fused kernels for this model's shapes passed their check
+    /// against MLX's ops (asked at the first fused step; see `fused_checked`).
+    fused_ok: std::sync::OnceLock<bool>,
 }
 
 // SAFETY: after loading, a Transformer is never mutated; its arrays are
@@ -260,7 +263,7 @@ impl Transformer {
                         && l.post_norm.weight.dtype() == dt
                 })
         });
-        Ok(Transformer { config, embed, layers, norm, lm_head, rope, kv_dtype, fusable })
+        Ok(Transformer { config, embed, layers, norm, lm_head, rope, kv_dtype, fusable, fused_ok: std::sync::OnceLock::new() })
     }
 
     /// ids: [B, L] int32 -> logits [B, L, vocab].
@@ -295,6 +298,7 @@ impl Transformer {
             && l == 1
             && self.fusable == Some(h.dtype())
             && crate::mlx::gpu_decode_ready(h.dtype())
+            && self.fused_checked()
         {
             return self.hidden_fused(h, caches);
         }
@@ -415,6 +419,29 @@ impl Transformer {
             Some(r) => h.add(&r),
             None => Ok(h),
         }
+    }
+
+    /// Whether the fused kernels this model's decode steps run (q/k/v with
+    /// RoPE writing the KV cache, with and without the residual add, and
+    /// gate/up with SwiGLU) agree with MLX's ops on this GPU: checked once,
+    /// at the first fused step, compiling only those kernels. Where they do
+    /// not, steps take MLX's ops (the reason is in `gpu_kernels_status`).
+    fn fused_checked(&self) -> bool {
+        *self.fused_ok.get_or_init(|| {
+            let (Some(dt), Some(layer)) = (self.fusable, self.layers.first()) else { return false };
+            let (Qkv::Fused(Linear::Dense { weight: wqkv, bias: bqkv, .. }), Mlp::Fused { gate_up: Linear::Dense { weight: wgu, bias: bgu, .. }, .. }) = (&layer.attn.qkv, &layer.mlp)
+            else {
+                return false;
+            };
+            let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
+            let Some((freqs, log2_base, scale)) = self.rope.fused_params(d) else { return false };
+            let k = wqkv.dim(1);
+            // (The check makes its own position: `pos` is not read.)
+            let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: wqkv, pos_value: 0, freqs, log2_base, scale };
+            let (qkv_rows, eps_in, eps_post) = (wqkv.dim(0), layer.input_norm.eps, layer.post_norm.eps);
+            [false, true].into_iter().all(|add| crate::mlx::gpu_decode_check(dt, k, qkv_rows, add, bqkv.is_some(), eps_in, &rope, hq * d).is_ok())
+                && crate::mlx::gpu_decode_check(dt, k, wgu.dim(0), true, bgu.is_some(), eps_post, &DecodeEpilogue::Swiglu, 0).is_ok()
+        })
     }
 
     /// The activation dtype whose one-token steps can run through cider's

@@ -1,0 +1,102 @@
+"""Compile cider's decode kernels (core/cpp/gpu_decode_src.h) with NVRTC for
+an H100 (sm_90a, as MLX's JIT does) on a machine without a GPU, and print
+each kernel's registers and spills: a compile error found here costs no
+device time. The text around the device code imitates what MLX's
+cuda_kernel generates (mlx/backend/cuda/custom_kernel.cpp): a __global__
+function taking the named inputs and outputs, with the template arguments
+as constexpr lines, then the one call line.
+
+    pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12   # any venv
+    python bench/nvrtc_check.py [--arch sm_90a]
+"""
+import argparse
+import ctypes
+import glob
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
+(DEVICE,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
+CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
+
+PRELUDE = """
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+typedef unsigned int uint32_t;
+typedef int int32_t;
+struct Shape { int v[8]; __device__ int operator[](int i) const { return v[i]; } };
+"""
+
+
+def kernel(name, inputs, outputs, targs, call):
+    """inputs/outputs: [(name, cuda type)]; targs: [(name, value)], a str value a type."""
+    args = [f"const {t}* {n}" for n, t in inputs]
+    if "cache_shape" in call:
+        args.append("const __grid_constant__ Shape cache_shape")
+    args += [f"{t}* {n}" for n, t in outputs]
+    lines = [f"using {k} = {v};" if isinstance(v, str) else
+             f"constexpr {'bool' if isinstance(v, bool) else 'int'} {k} = {str(v).lower() if isinstance(v, bool) else v};"
+             for k, v in targs]
+    return f"extern \"C\" __global__ void {name}({', '.join(args)}) {{\n" + "\n".join(lines) + "\n" + call + "\n}\n"
+
+
+def fbits(f):
+    import struct
+    return struct.unpack("<i", struct.pack("<f", f))[0]
+
+
+def variants():
+    norm_in = ["h", "dl", "g", "w", "bias", "pos", "freqs"]
+    for T in ("__nv_bfloat16", "__half"):
+        t = "bf16" if "bfloat" in T else "f16"
+        for IF in (4, 8):
+            base = [("T", T), ("K", 2048), ("S", 1), ("ADD", True), ("BIAS", False), ("D", 64), ("FREQS", True),
+                    ("EPS", fbits(1e-5)), ("SCALE", fbits(1.0)), ("LOG2B", 0), ("IF", IF)]
+            ins = [(n, T) for n in norm_in]  # (pos and freqs are cast in the call line)
+            yield (f"qkv_{t}_if{IF}", ins + [("cache", T), ("prev", T)], [("hout", T), ("q", T)],
+                   base + [("N", 3072), ("MODE", 1), ("ROT", 2560), ("QN", 2048)], CALLS["kCiderNormKvCall"])
+            yield (f"gateup_{t}_if{IF}", ins, [("hout", T), ("y", T)],
+                   base + [("N", 16384), ("MODE", 2), ("ROT", 0)], CALLS["kCiderNormCall"])
+        for V, NB in ((128256, 62), (1003, 1), (40003, 19)):
+            yield (f"greedy_{t}_V{V}", [("x", T), ("scratch", "uint32_t"), ("prev", "uint32_t")], [("y", "uint32_t")],
+                   [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", default="sm_90a")
+    a = ap.parse_args()
+    import nvidia.cuda_nvrtc, nvidia.cuda_runtime  # noqa: E401  (pip packages named in the docstring)
+    lib = sorted(glob.glob(os.path.join(list(nvidia.cuda_nvrtc.__path__)[0], "lib", "libnvrtc.so*")))[0]
+    inc = os.path.join(list(nvidia.cuda_runtime.__path__)[0], "include")
+    nvrtc = ctypes.CDLL(lib)
+    failed = 0
+    for name, ins, outs, targs, call in variants():
+        src = PRELUDE + DEVICE + kernel(name, ins, outs, targs, call)
+        prog = ctypes.c_void_p()
+        assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(), 0, None, None) == 0
+        opts = [f"--gpu-architecture={a.arch}", f"--include-path={inc}", "--device-as-default-execution-space",
+                "--ptxas-options=-v", "--std=c++17"]
+        arr = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        rc = nvrtc.nvrtcCompileProgram(prog, len(opts), arr)
+        size = ctypes.c_size_t()
+        nvrtc.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        text = log.value.decode(errors="replace")
+        if rc != 0:
+            failed += 1
+            print(f"{name}: FAILED\n{text}")
+        else:
+            regs = re.findall(r"Used (\d+) registers", text)
+            spill = re.findall(r"(\d+) bytes spill stores", text)
+            smem = re.findall(r"(\d+) bytes smem", text)
+            print(f"{name}: registers {regs} spill stores {spill} smem {smem}")
+        nvrtc.nvrtcDestroyProgram(ctypes.byref(prog))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
