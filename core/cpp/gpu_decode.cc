@@ -354,10 +354,11 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
   };
   auto scratch = greedy_scratch(s);
   auto prev = scratch;
-  for (const Row& r : {Row{1003, 57}, Row{1003, 58}, Row{1003, 61}, Row{40003, 57}, Row{40003, 58},
+  for (const Row& r : {Row{1003, 57}, Row{40003, 57}, Row{1003, 58}, Row{40003, 58}, Row{1003, 61},
                        Row{40003, 61}}) {
     // seed 57: all equal; 58: ties after rounding; 61: scale 4. V = 40003:
-    // 19 slices, ties across them.
+    // 19 slices, ties across them; alternating with V = 1003 (one block),
+    // so one scratch serves calls with different block counts.
     auto both = mx::astype(mx::multiply(rnd({2, r.V}, 1.0f, r.seed), mx::array(float(r.seed - 57)), s), dt, s);
     mx::eval(both);
     for (int row : {0, 1}) {
@@ -408,8 +409,10 @@ struct Cfg {
 // and nowhere else.
 std::string check_cfg(const Cfg& c, const mx::Stream& s) {
   const int K = c.K, N = c.N, D = c.rope.head_dim;
+  // Drawn in the model's dtype: the weight alone is N x K (67 MB for a 1B
+  // model's gate/up), so no float32 copy besides.
   auto rnd = [&](mx::Shape shape, float sd, int seed) {
-    return mx::astype(mx::random::normal(shape, mx::float32, 0.0f, sd, mx::random::key(seed), s), c.dt, s);
+    return mx::random::normal(shape, c.dt, 0.0f, sd, mx::random::key(seed), s);
   };
   auto freqs = mx::astype(mx::exp(mx::multiply(mx::arange(0, std::max(D / 2, 1), mx::float32, s), mx::array(0.3f), s), s),
                           mx::float32, s);
@@ -500,7 +503,7 @@ const std::string& checked(M& memo, const K& key, F run) {
   try {
     why = run();
   } catch (const std::exception& e) {
-    why = std::string("self-check failed: ") + e.what();
+    why = std::string("check failed: ") + e.what();
   }
   return memo.emplace(key, why).first->second;
 }
@@ -676,7 +679,10 @@ std::string gpu_decode_status() {
     for (const auto& [c, why] : checks) count(int(c.dt.val()), why);
     for (const auto& [k, why] : greedy_checks) count(k.first, why);
     if (ok == 0 && bad.empty()) continue;
-    r += (r.empty() ? "" : ", ") + std::string(dt == mx::bfloat16 ? "bfloat16" : "float16") + (bad.empty() ? " on (" + std::to_string(ok) + " kernels checked)" : " off: " + bad);
+    // A failed check turns off only its own kernel (the model's fused path,
+    // or greedy sampling), so both counts are told.
+    r += (r.empty() ? "" : ", ") + std::string(dt == mx::bfloat16 ? "bfloat16" : "float16") +
+         (ok ? " on (" + std::to_string(ok) + " kernels checked)" : "") + (bad.empty() ? "" : " off: " + bad);
   }
   return r;
 }

@@ -253,8 +253,9 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // T(M - lse) for the row's max M, and the first block whose own max
 // reaches it holds the answer: only that slice is read again. (One block
 // doing all of it was about 18 us on an H100, compute-bound in one SM.)
-// scratch: 2 NB + 1 words, zero the first time; one kernel at a time may
-// use it (callers chain the calls: gpu_decode.cc).
+// scratch: 2 * 64 + 1 words (slices, then the counter at a fixed word, so
+// calls with another NB can share it), zero the first time; one kernel at
+// a time may use it (callers chain the calls: gpu_decode.cc).
 __device__ __forceinline__ void lse_step(float& m, float& n, const float v) {
   const float mm = fmaxf(m, v);
   n = n * __expf(m - mm) + __expf(v - mm);
@@ -267,7 +268,8 @@ __device__ __forceinline__ void lse_join(float& m, float& n, const float m2, con
 }
 template <typename T, int V, int NB>
 __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, unsigned* y) {
-  constexpr int TH = 256, WARPS = TH / 32;
+  constexpr int TH = 256, WARPS = TH / 32, COUNT = 2 * 64;
+  static_assert(NB >= 1 && NB <= 64, "the last block combines at most 64 slices, two a lane");
   unsigned* scratch = const_cast<unsigned*>(scratch_in);
   __shared__ float sm[WARPS], sn[WARPS];
   __shared__ float s_lse, s_target;
@@ -319,7 +321,7 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
     scratch[2 * b] = __float_as_uint(m);
     scratch[2 * b + 1] = __float_as_uint(n);
     __threadfence();
-    s_last = atomicAdd(scratch + 2 * NB, 1u) == NB - 1;
+    s_last = atomicAdd(scratch + COUNT, 1u) == NB - 1;
   }
   __syncthreads();
   if (!s_last) return;
@@ -327,11 +329,8 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
 
   // The last block: every slice's (max, sum) in slice order, two a lane of
   // warp 0 and a fixed tree, so the sum's order never changes.
-  float bm = -3.402823466e38f, bn = 0.f;
-  if (tid < NB) {
-    bm = __uint_as_float(__ldcg(scratch + 2 * tid));
-    bn = __uint_as_float(__ldcg(scratch + 2 * tid + 1));
-  }
+  float bm = -3.402823466e38f;
+  if (tid < NB) bm = __uint_as_float(__ldcg(scratch + 2 * tid));
   if (warp == 0) {
     float m2 = -3.402823466e38f, n2 = 0.f, m1 = m2, n1 = 0.f;
     if (lane < NB) {
@@ -352,15 +351,16 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
       const float lse = static_cast<float>(static_cast<T>(isinf(m1) ? m1 : logf(n1) + m1));
       s_lse = lse;
       s_target = static_cast<float>(static_cast<T>(m1 - lse));
-      scratch[2 * NB] = 0u;  // for the next call
+      scratch[COUNT] = 0u;  // for the next call
     }
   }
   __syncthreads();
   const float lse = s_lse, target = s_target;
-  // The largest value is -inf or NaN (all -inf, a NaN, or a +inf logit):
-  // index 0, as MLX's argmax leaves it.
+  // No finite largest value (a NaN or +inf logit makes lse NaN or +inf, so
+  // every x - lse is NaN or -inf; an all -inf row makes lse -inf, so every
+  // x - lse is NaN): index 0, as MLX's argmax leaves it.
   unsigned at = 0;
-  if (target > __int_as_float(0xff800000)) {
+  if (isfinite(target)) {
     for (int from = 0; from < NB;) {
       __syncthreads();  // everyone has read s_idx of the last round
       if (tid == 0) {

@@ -311,6 +311,12 @@ impl Session {
         if opts.prefill_step_size == 0 {
             return Err(Error::invalid_arg("prefill_step_size must be > 0"));
         }
+        // The GPU decode kernels' one-time check, before the clock and the
+        // peak-memory count start (it is not this generation's work).
+        {
+            let _g = mlx_lock();
+            model.net.prepare_decode();
+        }
         let t0 = Instant::now();
         let penalty = opts.repetition_penalty.filter(|&p| p != 0.0 && p != 1.0).map(|p| (p, opts.repetition_context_size));
         let mut st = {

@@ -59,7 +59,8 @@ pub struct Transformer {
     fused_ok: std::sync::OnceLock<bool>,
 }
 
-// SAFETY: after loading, a Transformer is never mutated; its arrays are
+// SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`,
+// a OnceLock, itself Sync); its arrays are
 // evaluated, immutable MLX buffers whose handles are only cloned (an atomic
 // refcount) when building graphs. Graph evaluation itself is serialised by
 // `generate::mlx_lock`, so sharing the model between threads is sound.
@@ -426,6 +427,18 @@ impl Transformer {
     /// gate/up with SwiGLU) agree with MLX's ops on this GPU: checked once,
     /// at the first fused step, compiling only those kernels. Where they do
     /// not, steps take MLX's ops (the reason is in `gpu_kernels_status`).
+    /// Runs the fused kernels' check now (compiling them) if this model's
+    /// decode steps would take them, so a generation can do it before it
+    /// starts measuring time and peak memory (the check allocates random
+    /// weights of the model's shapes).
+    pub fn prepare_decode(&self) {
+        if let Some(dt) = self.fusable {
+            if crate::mlx::gpu_decode_ready(dt) {
+                self.fused_checked();
+            }
+        }
+    }
+
     fn fused_checked(&self) -> bool {
         *self.fused_ok.get_or_init(|| {
             let (Some(dt), Some(layer)) = (self.fusable, self.layers.first()) else { return false };
@@ -445,7 +458,8 @@ impl Transformer {
     }
 
     /// The activation dtype whose one-token steps can run through cider's
-    /// fused GPU decode kernel (on a GPU where it passed its self-check).
+    /// fused GPU decode kernel (on a GPU, where its check passes: see
+    /// `prepare_decode`).
     pub fn fused_decode_dtype(&self) -> Option<Dtype> {
         self.fusable
     }
