@@ -248,6 +248,33 @@ mx::array launch_greedy(const mx::array& x, const mx::array& scratch, const mx::
                               {{"T", x.dtype()}, {"V", V}, {"NB", nb}}, std::nullopt, false, s)[0];
 }
 
+// Greedy sampling of rows of V logits against MLX's logsumexp, subtract and
+// argmax: seed 57 all values equal (index 0), 58 ties after rounding, 61 a
+// spread of 4. The token must be the same (it is unless MLX's logsumexp,
+// summed in another order, rounds differently: it did not on these rows).
+// Rows start at element 0, 1 (inside a 16-byte word, as a prompt's last row
+// of logits can) and V of one buffer. Calls go through `scratch`, each
+// after `prev`, which is updated.
+std::string greedy_rows(mx::Dtype dt, int V, int seed, const mx::array& scratch, mx::array& prev,
+                        const mx::Stream& s) {
+  auto flat = mx::astype(mx::multiply(mx::random::normal({2 * V}, mx::float32, 0.0f, 1.0f, mx::random::key(seed), s),
+                                      mx::array(float(seed - 57)), s),
+                         dt, s);
+  mx::eval(flat);
+  for (int start : {0, 1, V}) {
+    auto x = mx::reshape(mx::slice(flat, {start}, {start + V}, s), {1, V}, s);
+    auto got = launch_greedy(x, scratch, prev, s);
+    prev = got;
+    auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
+    mx::eval({got, want});
+    if (got.item<uint32_t>() != want.item<uint32_t>())
+      return "greedy token differs from MLX's (V " + std::to_string(V) + ", seed " + std::to_string(seed) +
+             ", row from " + std::to_string(start) + ": " + std::to_string(got.item<uint32_t>()) + " against " +
+             std::to_string(want.item<uint32_t>()) + ")";
+  }
+  return "";
+}
+
 // MLX's ops for the same step, each rounding as it does in a model.
 std::vector<mx::array> reference(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
                                  const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
@@ -344,34 +371,14 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
              std::to_string(t) + ")";
     if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
   }
-  // Greedy sampling: the token MLX's ops pick (the same unless its
-  // logsumexp, summed in another order, rounds differently: it did not on
-  // these rows), on rows with a tail past the last 16-byte word, several
-  // rounds of loads per thread (V = 40003), and (row 1) one that starts
-  // inside a word, as a prompt's last row of logits can.
-  struct Row {
-    int V, seed;
-  };
+  // Greedy sampling over one scratch, alternating one block (V = 1003, a
+  // tail past the last 16-byte word) with 19 slices (V = 40003, ties
+  // across them), so one scratch serves calls with different block counts.
   auto scratch = greedy_scratch(s);
   auto prev = scratch;
-  for (const Row& r : {Row{1003, 57}, Row{40003, 57}, Row{1003, 58}, Row{40003, 58}, Row{1003, 61},
-                       Row{40003, 61}}) {
-    // seed 57: all equal; 58: ties after rounding; 61: scale 4. V = 40003:
-    // 19 slices, ties across them; alternating with V = 1003 (one block),
-    // so one scratch serves calls with different block counts.
-    auto both = mx::astype(mx::multiply(rnd({2, r.V}, 1.0f, r.seed), mx::array(float(r.seed - 57)), s), dt, s);
-    mx::eval(both);
-    for (int row : {0, 1}) {
-      auto x = mx::slice(both, {row, 0}, {row + 1, r.V}, s);
-      auto got = launch_greedy(x, scratch, prev, s);
-      prev = got;
-      auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
-      mx::eval({got, want});
-      if (got.item<uint32_t>() != want.item<uint32_t>())
-        return "greedy token differs from MLX's (V " + std::to_string(r.V) + ", row " + std::to_string(row) + ": " +
-               std::to_string(got.item<uint32_t>()) + " against " + std::to_string(want.item<uint32_t>()) + ")";
-    }
-  }
+  for (int seed : {57, 58, 61})
+    for (int V : {1003, 40003})
+      if (std::string why = greedy_rows(dt, V, seed, scratch, prev, s); !why.empty()) return why;
   return "";
 }
 
@@ -457,34 +464,13 @@ std::string check_cfg(const Cfg& c, const mx::Stream& s) {
   return "";
 }
 
-// The greedy kernel for rows of V logits against MLX's logsumexp, subtract
-// and argmax: all values equal (index 0), ties after rounding, and a wide
-// spread; the first row starts inside a 16-byte word. The token must be the
-// same (it is unless MLX's logsumexp, summed in another order, rounds
-// differently: it did not on these rows).
+// The greedy kernel for rows of V logits against MLX's ops (greedy_rows),
+// all values equal, ties after rounding, and a wide spread.
 std::string check_greedy(mx::Dtype dt, int V, const mx::Stream& s) {
   auto scratch = greedy_scratch(s);
   auto prev = scratch;
-  for (int seed : {57, 58, 61}) {
-    auto both = mx::astype(
-        mx::multiply(mx::random::normal({2, V}, mx::float32, 0.0f, 1.0f, mx::random::key(seed), s),
-                     mx::array(float(seed - 57)), s),
-        dt, s);
-    auto flat = mx::reshape(both, {2 * V}, s);
-    mx::eval(flat);
-    for (int row : {0, 1}) {
-      // row 0: V values from element 1, inside the first word
-      auto x = mx::reshape(mx::slice(flat, {row == 0 ? 1 : V}, {row == 0 ? V + 1 : 2 * V}, s), {1, V}, s);
-      auto got = launch_greedy(x, scratch, prev, s);
-      prev = got;
-      auto want = mx::argmax(mx::subtract(x, mx::logsumexp(x, -1, true, s), s), -1, false, s);
-      mx::eval({got, want});
-      if (got.item<uint32_t>() != want.item<uint32_t>())
-        return "greedy token differs from MLX's (V " + std::to_string(V) + ", seed " + std::to_string(seed) +
-               ", row " + std::to_string(row) + ": " + std::to_string(got.item<uint32_t>()) + " against " +
-               std::to_string(want.item<uint32_t>()) + ")";
-    }
-  }
+  for (int seed : {57, 58, 61})
+    if (std::string why = greedy_rows(dt, V, seed, scratch, prev, s); !why.empty()) return why;
   return "";
 }
 
@@ -515,8 +501,41 @@ bool ready(mx::Dtype dt, const mx::Stream& s) {
   if (s.device != mx::Device::gpu || (dt != mx::bfloat16 && dt != mx::float16) || !gpu_kernels_wanted() ||
       !mx::cu::is_available())
     return false;
-  const char* env = std::getenv("CIDER_GPU_KERNELS");
-  return !(env && std::string(env) == "0");
+  static const bool env_off = [] {
+    const char* env = std::getenv("CIDER_GPU_KERNELS");
+    return env && std::string(env) == "0";
+  }();
+  return !env_off;
+}
+
+// The shapes a configuration must have ("" or what is wrong): the
+// kernel's own limits, checked where a model asks (gpu_decode_check) and
+// where it launches (gpu_norm_gemv).
+std::string shape_error(int K, int N, int mode, int rot, int head_dim, int qn) {
+  if (K % 8 != 0 || K <= 0 || K > MAX_K) return "K must be a multiple of 8, at most " + std::to_string(MAX_K);
+  if (N % 2 != 0 || N <= 0) return "N must be even";
+  if (mode != 1 && mode != 2) return "unknown mode " + std::to_string(mode);
+  if (mode == 1 && (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N)) return "bad RoPE heads";
+  if (qn > 0 && (mode != 1 || qn % head_dim || qn >= rot))
+    return "the KV variant needs RoPE and q rows below the rotated ones";
+  return "";
+}
+
+// A configuration as both places key it: SwiGLU has no RoPE, and the
+// frequencies' values are an input, not part of the kernel.
+Cfg make_cfg(mx::Dtype dt, int K, int N, int mode, int qn, bool add, bool bias, const Rope& rope, bool freqs,
+             float eps) {
+  Cfg c{dt, K, N, mode, qn, add, bias, mode == 2 ? Rope{} : rope, mode == 2 ? false : freqs, eps};
+  c.rope.freqs = nullptr;
+  return c;
+}
+
+const std::string& cfg_checked(const Cfg& c, const mx::Stream& s) {
+  return checked(checks, c, [&] { return check_cfg(c, s); });
+}
+
+const std::string& greedy_checked(mx::Dtype dt, int V, const mx::Stream& s) {
+  return checked(greedy_checks, std::make_pair(int(dt.val()), V), [&] { return check_greedy(dt, V, s); });
 }
 
 mx::Dtype dtype_of(uint8_t code) {
@@ -542,13 +561,11 @@ rust::String gpu_decode_check(uint8_t dtype_code, int32_t K, int32_t N, int32_t 
   const mx::Dtype dt = dtype_of(dtype_code);
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!ready(dt, s)) return rust::String("not available on this device");
-  Cfg c{dt, K, N, mode, qn, has_dl, has_bias, Rope{rot, head_dim, nullptr, log2_base, rope_scale}, has_freqs, eps};
-  if (mode == 2) c.rope = Rope{};
-  if (K % 8 || K > MAX_K || N % 2 || N <= 0 || (mode != 1 && mode != 2) ||
-      (mode == 1 && (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N)) ||
-      (qn > 0 && (mode != 1 || qn % head_dim || qn >= rot)))
-    return rust::String("shapes the kernel does not take (" + c.key() + ")");
-  return rust::String(checked(checks, c, [&] { return check_cfg(c, s); }));
+  const Cfg c = make_cfg(dt, K, N, mode, qn, has_dl, has_bias, Rope{rot, head_dim, nullptr, log2_base, rope_scale},
+                         has_freqs, eps);
+  if (std::string why = shape_error(K, N, mode, rot, head_dim, qn); !why.empty())
+    return rust::String("shapes the kernel does not take: " + why + " (" + c.key() + ")");
+  return rust::String(cfg_checked(c, s));
 }
 
 rust::String gpu_greedy_check(uint8_t dtype_code, int32_t V) {
@@ -556,7 +573,7 @@ rust::String gpu_greedy_check(uint8_t dtype_code, int32_t V) {
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!ready(dt, s)) return rust::String("not available on this device");
   if (V < 1) return rust::String("no logits");
-  return rust::String(checked(greedy_checks, std::make_pair(int(dt.val()), int(V)), [&] { return check_greedy(dt, V, s); }));
+  return rust::String(greedy_checked(dt, V, s));
 }
 
 rust::String gpu_decode_self_test(uint8_t dtype_code) {
@@ -587,15 +604,12 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   if (h.a.ndim() != 2 || h.a.shape(0) != 1) bad("h must be one row [1, K]");
   if (w.a.ndim() != 2 || w.a.shape(1) != K || w.a.dtype() != dt || !w.a.flags().row_contiguous)
     bad("w must be a row-contiguous [N, K] of h's dtype");
-  if (K % 8 != 0 || K > MAX_K) bad("K must be a multiple of 8, at most " + std::to_string(MAX_K));
-  if (N % 2 != 0 || N == 0) bad("N must be even");
+  if (std::string why = shape_error(K, N, mode, rot, head_dim, has_cache ? qn : 0); !why.empty()) bad(why);
   if (g.a.size() != size_t(K) || g.a.dtype() != dt) bad("norm weight must have K elements of h's dtype");
   if (has_dl && (dl.a.shape() != h.a.shape() || dl.a.dtype() != dt)) bad("residual must match h");
   if (has_bias && (bias.a.size() != size_t(N) || bias.a.dtype() != dt)) bad("bias must have N elements");
-  if (mode != 1 && mode != 2) bad("unknown mode " + std::to_string(mode));
   Rope rope;
   if (mode == 1) {
-    if (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N) bad("bad RoPE heads");
     if (pos.a.dtype() != mx::int32 || pos.a.size() < 1) bad("position must be an int32 array (first value read)");
     if (has_freqs && (freqs.a.dtype() != mx::float32 || freqs.a.size() != size_t(head_dim / 2)))
       bad("RoPE frequencies must be head_dim / 2 float32 values");
@@ -613,7 +627,7 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
     // to the copy) and a position past the capacity would be out of bounds:
     // both are refused here.
     const auto& c = cache.a;
-    if (mode != 1 || qn % head_dim || qn >= rot) bad("the KV variant needs RoPE and q rows below the rotated ones");
+    if (qn <= 0) bad("the KV variant needs q rows");
     if (c.dtype() != dt || c.ndim() != 4 || c.shape(0) != 1 || c.shape(3) != head_dim ||
         int64_t(c.shape(1)) * head_dim != N - qn || !c.flags().row_contiguous || !c.is_available())
       bad("cache must be an evaluated, row-contiguous [1, " + std::to_string((N - qn) / head_dim) + ", capacity, " +
@@ -629,10 +643,8 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
   // Checked against MLX's ops before its first launch (the model asks
   // gpu_decode_check first, so this finds it done).
   {
-    Cfg c{dt, K, N, int(mode), has_cache ? int(qn) : 0, has_dl, has_bias, rope, has_freqs, eps};
-    if (mode == 2) c.rope = Rope{};
-    c.rope.freqs = nullptr;
-    const std::string& why = checked(checks, c, [&] { return check_cfg(c, s); });
+    const Cfg c = make_cfg(dt, K, N, mode, has_cache ? qn : 0, has_dl, has_bias, rope, has_freqs, eps);
+    const std::string& why = cfg_checked(c, s);
     if (!why.empty()) bad("failed its check against MLX's ops: " + why);
   }
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
@@ -658,8 +670,7 @@ std::unique_ptr<Array> gpu_greedy(const Array& logits, const Array& scratch, con
   const mx::Stream s = mx::default_stream(mx::default_device());
   if (!ready(x.dtype(), s))
     throw std::invalid_argument("GPU greedy sampling: not available on this device");
-  const std::string& why = checked(greedy_checks, std::make_pair(int(x.dtype().val()), int(x.size())),
-                                   [&] { return check_greedy(x.dtype(), int(x.size()), s); });
+  const std::string& why = greedy_checked(x.dtype(), int(x.size()), s);
   if (!why.empty()) throw std::invalid_argument("GPU greedy sampling failed its check against MLX's ops: " + why);
   return std::make_unique<Array>(launch_greedy(x, sc, prev.a, s));
 }

@@ -133,7 +133,8 @@ struct Stepper<'a> {
     sampler: Sampler,
     history: Option<Array>,
     penalty: Option<(f32, usize)>,
-    /// The GPU greedy kernel's working memory (made at its first use).
+    /// The GPU greedy kernel's working memory (made at its first use, once
+    /// the kernel passed its check).
     greedy: Option<mlx::GreedyScratch>,
 }
 
@@ -165,16 +166,15 @@ impl Stepper<'_> {
         // 1.3 ms for a 128K vocabulary), same token (its logsumexp sums in
         // another order, so a tie after rounding could rarely go the other way).
         // (gpu_decode_ready is false for dtypes other than bf16 and f16.)
-        if self.sampler.is_greedy()
-            && logits.ndim() == 2
-            && logits.dim(0) == 1
-            && mlx::gpu_decode_ready(logits.dtype())
-            && mlx::gpu_greedy_check(logits.dtype(), logits.dim(1)).is_ok()
-        {
-            if self.greedy.is_none() {
+        // The kernel's check runs once, before the Stepper makes its scratch
+        // (one model: the dtype and vocabulary never change).
+        if self.sampler.is_greedy() && logits.ndim() == 2 && logits.dim(0) == 1 && mlx::gpu_decode_ready(logits.dtype()) {
+            if self.greedy.is_none() && mlx::gpu_greedy_check(logits.dtype(), logits.dim(1)).is_ok() {
                 self.greedy = Some(mlx::GreedyScratch::new()?);
             }
-            return mlx::gpu_greedy(&logits, self.greedy.as_mut().expect("made above"));
+            if let Some(scratch) = self.greedy.as_mut() {
+                return mlx::gpu_greedy(&logits, scratch);
+            }
         }
         let logprobs = logits.sub(&logits.logsumexp(-1, true)?)?;
         self.sampler.sample(&logprobs)
