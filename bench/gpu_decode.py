@@ -91,6 +91,7 @@ def main():
                           ("IF", IF)])[1]
             mx.eval(f())
             group(f"{name} cider S={S} in-flight={IF} blocks={blocks}", f)
+    attn_o(mx, dt, HEADER, CALLS, group)
     logits = (mx.random.normal((1, 128256)) * 4).astype(dt)
     mx.eval(logits)
     mlx_greedy = lambda: mx.argmax(logits - mx.logsumexp(logits, axis=-1, keepdims=True), axis=-1)
@@ -105,6 +106,51 @@ def main():
     group(f"greedy cider same={same}", ours)
     json.dump(labels, open(LABELS, "w"))
     print(f"{len(labels)} groups; labels in {LABELS}", flush=True)
+
+
+def attn_o(mx, dt, header, calls, group):
+    """One query's attention + o projection (Llama-3.2-1B: 32 q heads, 8 kv
+    heads of 64, hidden 2048) against MLX's sdpa + matmul, at n positions."""
+    HQ, HK, D, N = 32, 8, 64, 2048
+    K = HQ * D
+    kern = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch"], ["y", "att"],
+                               calls["kCiderAttnOCall"], header=header)
+    scale = D ** -0.5
+    cap = 1280
+    cache = (mx.random.normal((1, 2 * HK, cap, D))).astype(dt)
+    w = (mx.random.normal((N, K)) * 0.02).astype(dt)
+    scratch = mx.zeros((2 * HQ + 1,), mx.uint32)
+    mx.eval(cache, w, scratch)
+    worst = 0.0
+    for n in (1, 2, 37, 128, 384, 1024, 384, 1):
+        q = mx.random.normal((1, HQ, 1, D)).astype(dt)
+        pos = mx.arange(n - 1, n + 3, dtype=mx.int32)
+        mx.eval(q, pos)
+        ref_att = mx.fast.scaled_dot_product_attention(q, cache[:, :HK, :n], cache[:, HK:, :n], scale=scale)
+        ref = lambda ref_att=ref_att: mx.matmul(ref_att.reshape(1, K), w.T)
+        for S in (1, 2, 4, 8):
+            blocks = (N // 2 + 8 // S - 1) // (8 // S)
+            f = lambda S=S, blocks=blocks, q=q, pos=pos: kern(
+                inputs=[q, cache, pos, w, w, scratch], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
+                grid=(256 * blocks, 1, 1), threadgroup=(256, 1, 1),
+                template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("D", D), ("HQ", HQ), ("HK", HK),
+                          ("TMAX", 2048), ("SCALE_LOG2", fbits(scale * 1.4426950408889634)), ("IF", 4)])
+            for rep in range(3):
+                y, att = f()
+                ea = mx.abs(att.astype(mx.float32) - ref_att.reshape(1, K).astype(mx.float32)).max().item()
+                ta = mx.abs(ref_att.astype(mx.float32)).max().item()
+                ey = mx.abs(y.astype(mx.float32) - ref().astype(mx.float32)).max().item()
+                ty = mx.abs(ref().astype(mx.float32)).max().item()
+                worst = max(worst, ea / ta, ey / ty)
+            print(f"attn_o n={n} S={S}: att |diff| {ea:.3g} of {ta:.3g}, y |diff| {ey:.3g} of {ty:.3g}", flush=True)
+            if n in (128, 384, 1024) and rep == 2:
+                group(f"attn_o cider n={n} S={S} blocks={blocks}", lambda f=f: f()[0])
+        if n in (128, 384, 1024):
+            group(f"attn_o MLX sdpa+matmul n={n}", lambda q=q, n=n: mx.matmul(
+                mx.fast.scaled_dot_product_attention(q, cache[:, :HK, :n], cache[:, HK:, :n], scale=scale).reshape(1, K), w.T))
+            group(f"attn_o MLX sdpa alone n={n}", lambda q=q, n=n: mx.fast.scaled_dot_product_attention(
+                q, cache[:, :HK, :n], cache[:, HK:, :n], scale=scale))
+    print(f"attn_o worst relative difference {worst:.3g}", flush=True)
 
 
 def table(log):

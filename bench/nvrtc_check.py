@@ -59,6 +59,13 @@ def variants():
                    base + [("N", 3072), ("MODE", 1), ("ROT", 2560), ("QN", 2048)], CALLS["kCiderNormKvCall"])
             yield (f"gateup_{t}_if{IF}", ins, [("hout", T), ("y", T)],
                    base + [("N", 16384), ("MODE", 2), ("ROT", 0)], CALLS["kCiderNormCall"])
+        for K, N, D, HQ, HK, S in ((2048, 2048, 64, 32, 8, 1), (2048, 2048, 64, 32, 8, 4), (4096, 3072, 128, 32, 8, 2)):
+            yield (f"attn_o_{t}_K{K}_D{D}_S{S}",
+                   [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t")],
+                   [("y", T), ("att", T)],
+                   [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", S == 2), ("D", D), ("HQ", HQ), ("HK", HK),
+                    ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4)],
+                   CALLS["kCiderAttnOCall"])
         for V, NB in ((128256, 62), (1003, 1), (40003, 19)):
             yield (f"greedy_{t}_V{V}", [("x", T), ("scratch", "uint32_t"), ("prev", "uint32_t")], [("y", "uint32_t")],
                    [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])

@@ -137,23 +137,67 @@ void keep_header_file() {
 
 // The norm kernel's plain variant (output y) and KV variant (q, and keys
 // and values into the cache in place); greedy sampling.
-enum class Kind { Norm, NormKv, Greedy };
+// The attention + o projection kernel.
+enum class Kind { Norm, NormKv, Greedy, AttnO };
 
-const mx::fast::CustomKernelFunction& kernel(Kind kind) {
-  static const mx::fast::CustomKernelFunction plain =
-      mx::fast::cuda_kernel("cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"},
-                            kCiderNormCall, device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
-  static const mx::fast::CustomKernelFunction with_kv = mx::fast::cuda_kernel(
-      "cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
-      kCiderNormKvCall, device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
-  static const mx::fast::CustomKernelFunction greedy = mx::fast::cuda_kernel(
-      "cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall, device_header().header, /*ensure_row_contiguous=*/true,
-      /*shared_memory=*/0);
-  switch (kind) {
-    case Kind::Norm: return plain;
-    case Kind::NormKv: return with_kv;
-    default: return greedy;
+using TArgs = std::vector<std::pair<std::string, mx::fast::TemplateArg>>;
+
+// The kernel of `kind` with template arguments `targs`, as MLX runs it.
+// MLX's cuda_kernel formats every template argument into the kernel's name
+// and source on every call (a dozen fmt::format calls and a fresh 8 KB
+// string per launch, 49 launches a Llama-3.2-1B step), so each
+// configuration gets its own kernel function once, with the arguments
+// written into its source as the constexpr lines MLX would write, and is
+// then called without template arguments. Same source for the compiler.
+const mx::fast::CustomKernelFunction& kernel(Kind kind, const TArgs& targs) {
+  static std::mutex m;
+  static std::map<std::vector<int>, std::unique_ptr<mx::fast::CustomKernelFunction>> made;
+  std::vector<int> key{int(kind)};
+  key.reserve(targs.size() + 1);
+  for (const auto& [name, arg] : targs) {
+    if (std::holds_alternative<int>(arg)) key.push_back(std::get<int>(arg));
+    else if (std::holds_alternative<bool>(arg)) key.push_back(std::get<bool>(arg));
+    else key.push_back(int(std::get<mx::Dtype>(arg).val()));
   }
+  std::lock_guard<std::mutex> lock(m);
+  auto it = made.find(key);
+  if (it != made.end()) return *it->second;
+  std::string src;
+  for (const auto& [name, arg] : targs) {
+    if (std::holds_alternative<int>(arg)) {
+      src += "constexpr int " + name + " = " + std::to_string(std::get<int>(arg)) + ";\n";
+    } else if (std::holds_alternative<bool>(arg)) {
+      src += "constexpr bool " + name + " = " + (std::get<bool>(arg) ? "true" : "false") + ";\n";
+    } else {
+      const mx::Dtype dt = std::get<mx::Dtype>(arg);
+      src += "using " + name + " = " + (dt == mx::bfloat16 ? "__nv_bfloat16" : dt == mx::float16 ? "__half" : "float") + ";\n";
+    }
+  }
+  const std::string id = "_" + std::to_string(made.size());
+  const std::string& header = device_header().header;
+  std::unique_ptr<mx::fast::CustomKernelFunction> f;
+  switch (kind) {
+    case Kind::Norm:
+      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
+          "cider_dec" + id, {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, src + kCiderNormCall, header,
+          /*ensure_row_contiguous=*/true, /*shared_memory=*/0));
+      break;
+    case Kind::NormKv:
+      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
+          "cider_dec_kv" + id, {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
+          src + kCiderNormKvCall, header, true, 0));
+      break;
+    case Kind::Greedy:
+      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
+          "cider_greedy" + id, {"x", "scratch", "prev"}, {"y"}, src + kCiderGreedyCall, header, true, 0));
+      break;
+    case Kind::AttnO:
+      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
+          "cider_attn_o" + id, {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, src + kCiderAttnOCall,
+          header, true, 0));
+      break;
+  }
+  return *made.emplace(std::move(key), std::move(f)).first->second;
 }
 
 // Blocks of 8 warps for `pairs` row pairs, S warps a pair.
@@ -168,12 +212,13 @@ int blocks_for(int pairs, int S) {
 // (1024 blocks: 24.7 us, against 25.9-37.2), so S > 1 is kept for smaller
 // models (Qwen2.5-0.5B's q/k/v: 72 blocks). CIDER_DEC_BLOCKS overrides the
 // 128 (for tuning).
-int split_for(int pairs, int K) {
-  static const int min_blocks = [] {
+int split_for(int pairs, int K, int times = 1) {
+  static const int base_blocks = [] {
     const char* e = std::getenv("CIDER_DEC_BLOCKS");
     const int v = e ? std::atoi(e) : 0;
     return v > 0 ? v : 128;
   }();
+  const int min_blocks = base_blocks * times;
   const int chunks = (K + 255) / 256;
   int S = 1;
   while (S < WARPS && 2 * S <= chunks && blocks_for(pairs, S) < min_blocks) S *= 2;
@@ -200,7 +245,7 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   if (S == 0) S = split_for(pairs, K);
   const int threads = 32 * WARPS * blocks_for(pairs, S);
   keep_header_file();
-  std::vector<std::pair<std::string, mx::fast::TemplateArg>> targs{
+  TArgs targs{
       {"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
       {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
       {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)},
@@ -208,16 +253,110 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   const mx::array& freqs = rope.freqs ? *rope.freqs : no_freqs;
   if (cache) {
     targs.emplace_back("QN", qn);
-    return kernel(Kind::NormKv)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache},
-                                {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
-                                {threads, 1, 1}, {32 * WARPS, 1, 1}, targs, std::nullopt, false, s);
+    return kernel(Kind::NormKv, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache},
+                                       {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
+                                       {threads, 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false, s);
   }
   // RoPE's output comes in the attention layout [1, heads, 1, head_dim]:
   // q, k and v are then views, with no reshape node between.
   const mx::Shape yshape = mode == 2 ? mx::Shape{1, N / 2} : mx::Shape{1, N / rope.head_dim, 1, rope.head_dim};
-  return kernel(Kind::Norm)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs}, {h.shape(), yshape},
-                            {h.dtype(), h.dtype()}, {threads, 1, 1}, {32 * WARPS, 1, 1}, targs, std::nullopt, false,
-                            s);
+  return kernel(Kind::Norm, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs}, {h.shape(), yshape},
+                                   {h.dtype(), h.dtype()}, {threads, 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false,
+                                   s);
+}
+
+// The attention + o projection kernel (attn_o in gpu_decode_src.h): at
+// most ATTN_TMAX positions (its scores live in shared memory), heads of 64
+// or 128, at most ATTN_MAX_HEADS query heads (its scratch has a claim and a
+// done flag per head, then the exit counter).
+constexpr int ATTN_TMAX = 2048;
+constexpr int ATTN_MAX_HEADS = 128;
+
+// One scratch per process, zero between calls (the last block out resets
+// it). Calls must not overlap: every call is on the default stream, and a
+// model's calls are ordered by data (each layer's q comes from the
+// previous layer's output; a step's from the last step's token).
+const mx::array& attn_scratch(const mx::Stream& s) {
+  static const mx::array a = [&] {
+    auto z = mx::zeros({2 * ATTN_MAX_HEADS + 1}, mx::uint32, s);
+    mx::eval(z);
+    return z;
+  }();
+  return a;
+}
+
+// How many warps share an o-projection row pair: the fewest giving at
+// least 256 blocks. On an H100 (bench/gpu_decode.py, ncu, caches flushed,
+// Llama-3.2-1B at 384 positions) S = 1 / 2 / 4 / 8 took 16.1 / 15.7 /
+// 17.5 / 17.3 us, against 21.0 for MLX's attention and gemv.
+int attn_split(int pairs, int K) {
+  return split_for(pairs, K, 2);
+}
+
+// q [1, HQ, 1, D], the joint cache [1, 2 HK, cap, D] (positions 0..n-1
+// read, n = pos[0] + 1), w [N, HQ * D] -> {y [1, N], attention [1, HQ * D]}.
+// Shapes were checked by the caller (gpu_attn_o, check_attn).
+std::vector<mx::array> launch_attn(const mx::array& q, const mx::array& cache, const mx::array& pos,
+                                   const mx::array& w, const mx::array* bias, float scale, const mx::Stream& s,
+                                   int S = 0) {
+  const int HQ = q.shape(1), D = q.shape(3), HK = cache.shape(1) / 2, K = HQ * D, N = w.shape(0);
+  if (S == 0) S = attn_split(N / 2, K);
+  keep_header_file();
+  const float scale_log2 = float(double(scale) * 1.4426950408889634);  // as MLX's kernel forms it
+  const TArgs targs{{"T", q.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"D", D}, {"HQ", HQ},
+                    {"HK", HK}, {"TMAX", ATTN_TMAX}, {"SCALE_LOG2", float_bits(scale_log2)}, {"IF", IN_FLIGHT}};
+  return kernel(Kind::AttnO, targs)(
+      {q, cache, pos, w, bias ? *bias : w, attn_scratch(s)}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
+      {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {},
+      std::nullopt, false, s);
+}
+
+// What the kernel takes ("" or what is wrong).
+std::string attn_shape_error(int HQ, int HK, int D, int N) {
+  if (D != 64 && D != 128) return "head dim must be 64 or 128";
+  if (HQ < 1 || HQ > ATTN_MAX_HEADS || HK < 1 || HQ % HK) return "query heads must be a multiple of the KV heads, at most 128";
+  if (HQ * D % 256 || HQ * D > MAX_K) return "query heads x head dim must be a multiple of 256, at most " + std::to_string(MAX_K);
+  if (N < 2 || N % 2) return "the o projection's rows must be even";
+  return "";
+}
+
+// The kernel against MLX's attention and matmul (outputs within 2 % of
+// the largest magnitude: sums run in another order; a wrong head, position
+// or row is off by its size), at each of `ns` positions in turn over one
+// cache and the one scratch (so its reset is checked too).
+std::string attn_rows(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, float scale, std::vector<int> ns,
+                      int S, const mx::Stream& s) {
+  int cap = 0;
+  for (int n : ns) cap = std::max(cap, n + 3);
+  auto rnd = [&](mx::Shape shape, float sd, int seed) {
+    return mx::random::normal(shape, dt, 0.0f, sd, mx::random::key(seed), s);
+  };
+  auto cache = rnd({1, 2 * HK, cap, D}, 1.0f, 31), w = rnd({N, HQ * D}, 0.05f, 32), b = rnd({1, N}, 0.5f, 33);
+  auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
+  int seed = 40;
+  for (int n : ns) {
+    auto q = rnd({1, HQ, 1, D}, 1.0f, seed++);
+    auto pos = mx::arange(n - 1, n + 3, mx::int32, s);
+    mx::eval({q, cache, w, b, pos});
+    auto got = launch_attn(q, cache, pos, w, bias ? &b : nullptr, scale, s, S);
+    auto k = mx::slice(cache, {0, 0, 0, 0}, {1, HK, n, D}, s), v = mx::slice(cache, {0, HK, 0, 0}, {1, 2 * HK, n, D}, s);
+    auto att = mx::reshape(mx::fast::scaled_dot_product_attention(q, k, v, scale, "", {}, std::nullopt, false, s), {1, HQ * D}, s);
+    auto wt = mx::transpose(w, {1, 0}, s);
+    auto y = bias ? mx::addmm(b, att, wt, 1.0f, 1.0f, s) : mx::matmul(att, wt, s);
+    auto ey = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(y), s), s), s), ty = mx::max(mx::abs(f32(y), s), s);
+    auto ea = mx::max(mx::abs(mx::subtract(f32(got[1]), f32(att), s), s), s), ta = mx::max(mx::abs(f32(att), s), s);
+    mx::eval({ey, ty, ea, ta});
+    const std::string what = "heads " + std::to_string(HQ) + "/" + std::to_string(HK) + " D " + std::to_string(D) +
+                             " N " + std::to_string(N) + (bias ? " +bias" : "") + " S " + std::to_string(S) +
+                             " positions " + std::to_string(n);
+    if (!(ea.item<float>() <= 0.02f * ta.item<float>()))
+      return "attention differs from MLX's (" + what + ": max |diff| " + std::to_string(ea.item<float>()) + " of " +
+             std::to_string(ta.item<float>()) + ")";
+    if (!(ey.item<float>() <= 0.02f * ty.item<float>()))
+      return "o projection differs from MLX's (" + what + ": max |diff| " + std::to_string(ey.item<float>()) +
+             " of " + std::to_string(ty.item<float>()) + ")";
+  }
+  return "";
 }
 
 // Blocks of the greedy kernel: a slice of at least 2048 logits each (one
@@ -244,8 +383,9 @@ mx::array greedy_scratch(const mx::Stream& s) {
 mx::array launch_greedy(const mx::array& x, const mx::array& scratch, const mx::array& prev, const mx::Stream& s) {
   keep_header_file();
   const int V = int(x.size()), nb = greedy_blocks(V);
-  return kernel(Kind::Greedy)({x, scratch, prev}, {{1}}, {mx::uint32}, {256 * nb, 1, 1}, {256, 1, 1},
-                              {{"T", x.dtype()}, {"V", V}, {"NB", nb}}, std::nullopt, false, s)[0];
+  return kernel(Kind::Greedy, {{"T", x.dtype()}, {"V", V}, {"NB", nb}})({x, scratch, prev}, {{1}}, {mx::uint32},
+                                                                       {256 * nb, 1, 1}, {256, 1, 1}, {},
+                                                                       std::nullopt, false, s)[0];
 }
 
 // Greedy sampling of rows of V logits against MLX's logsumexp, subtract and
@@ -371,6 +511,22 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
              std::to_string(t) + ")";
     if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
   }
+  // Attention + o projection: heads of 128 with a bias and 4 query heads a
+  // KV head; no grouping, heads of 64 and 8 warps a pair; more heads than
+  // blocks (a grid of 2 blocks for 8 heads: heads are taken by waiting
+  // blocks); the longest context the kernel takes, and 1 position.
+  struct AttnCase {
+    int HQ, HK, D, N;
+    bool bias;
+    std::vector<int> ns;
+    int S;
+  };
+  const AttnCase attn_cases[] = {{8, 2, 128, 96, true, {1, 37, 300, 37}, 1},
+                                 {4, 4, 64, 256, false, {5, 260}, 8},
+                                 {8, 8, 64, 32, false, {100, 1}, 1},
+                                 {4, 1, 64, 512, true, {ATTN_TMAX, 1}, 2}};
+  for (const AttnCase& c : attn_cases)
+    if (std::string why = attn_rows(dt, c.HQ, c.HK, c.D, c.N, c.bias, 0.125f, c.ns, c.S, s); !why.empty()) return why;
   // Greedy sampling over one scratch, alternating one block (V = 1003, a
   // tail past the last 16-byte word) with 19 slices (V = 40003, ties
   // across them), so one scratch serves calls with different block counts.
@@ -479,6 +635,8 @@ std::mutex mu;
 // sampling's by (dtype, V).
 std::map<Cfg, std::string> checks;
 std::map<std::pair<int, int>, std::string> greedy_checks;
+// attention + o projection's by (dtype, HQ, HK, D, N, bias, scale bits).
+std::map<std::tuple<int, int, int, int, int, bool, int>, std::string> attn_checks;
 
 template <typename M, typename K, typename F>
 const std::string& checked(M& memo, const K& key, F run) {
@@ -506,6 +664,16 @@ bool ready(mx::Dtype dt, const mx::Stream& s) {
     return env && std::string(env) == "0";
   }();
   return !env_off;
+}
+
+// CIDER_GPU_ATTN=0 keeps MLX's attention and o projection while the other
+// kernels run (for comparing the two).
+bool attn_wanted() {
+  static const bool off = [] {
+    const char* env = std::getenv("CIDER_GPU_ATTN");
+    return env && std::string(env) == "0";
+  }();
+  return !off;
 }
 
 // The shapes a configuration must have ("" or what is wrong): the
@@ -536,6 +704,16 @@ const std::string& cfg_checked(const Cfg& c, const mx::Stream& s) {
 
 const std::string& greedy_checked(mx::Dtype dt, int V, const mx::Stream& s) {
   return checked(greedy_checks, std::make_pair(int(dt.val()), V), [&] { return check_greedy(dt, V, s); });
+}
+
+// A model's attention + o projection, checked at 1, 37 and 300 positions
+// (one, a partial round of scores, more than one round) and the longest
+// it takes.
+const std::string& attn_checked(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, float scale,
+                                const mx::Stream& s) {
+  return checked(attn_checks, std::make_tuple(int(dt.val()), HQ, HK, D, N, bias, float_bits(scale)), [&] {
+    return attn_rows(dt, HQ, HK, D, N, bias, scale, {1, 37, 300, ATTN_TMAX}, attn_split(N / 2, HQ * D), s);
+  });
 }
 
 mx::Dtype dtype_of(uint8_t code) {
@@ -675,6 +853,53 @@ std::unique_ptr<Array> gpu_greedy(const Array& logits, const Array& scratch, con
   return std::make_unique<Array>(launch_greedy(x, sc, prev.a, s));
 }
 
+int32_t gpu_attn_o_max_positions() {
+  return ATTN_TMAX;
+}
+
+rust::String gpu_attn_o_check(uint8_t dtype_code, int32_t heads, int32_t kv_heads, int32_t head_dim, int32_t n,
+                              bool has_bias, float scale) {
+  const mx::Dtype dt = dtype_of(dtype_code);
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s) || !attn_wanted()) return rust::String("not available on this device");
+  if (std::string why = attn_shape_error(heads, kv_heads, head_dim, n); !why.empty())
+    return rust::String("shapes the attention kernel does not take: " + why);
+  return rust::String(attn_checked(dt, heads, kv_heads, head_dim, n, has_bias, scale, s));
+}
+
+std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Array& pos, int32_t pos_value,
+                                  const Array& w, const Array& bias, bool has_bias, float scale) {
+  const auto &qa = q.a, &c = cache.a, &wa = w.a;
+  const mx::Dtype dt = qa.dtype();
+  auto bad = [&](const std::string& what) {
+    throw std::invalid_argument("fused attention kernel: " + what + " (q " + shape_str(qa) + ", cache " +
+                                shape_str(c) + ", w " + shape_str(wa) + ")");
+  };
+  if (dt != mx::bfloat16 && dt != mx::float16) bad("activations must be bfloat16 or float16");
+  if (qa.ndim() != 4 || qa.shape(0) != 1 || qa.shape(2) != 1) bad("q must be one position [1, heads, 1, head_dim]");
+  const int HQ = qa.shape(1), D = qa.shape(3);
+  // The cache is read in place, so it must be the buffer itself, evaluated:
+  // keys' heads then values'.
+  if (c.dtype() != dt || c.ndim() != 4 || c.shape(0) != 1 || c.shape(1) % 2 || c.shape(3) != D ||
+      !c.flags().row_contiguous || !c.is_available())
+    bad("cache must be an evaluated, row-contiguous [1, 2 x kv heads, capacity, head_dim] of q's dtype");
+  const int HK = c.shape(1) / 2;
+  if (wa.ndim() != 2 || wa.shape(1) != HQ * D || wa.dtype() != dt || !wa.flags().row_contiguous)
+    bad("w must be a row-contiguous [N, heads x head_dim] of q's dtype");
+  const int N = wa.shape(0);
+  if (std::string why = attn_shape_error(HQ, HK, D, N); !why.empty()) bad(why);
+  if (has_bias && (bias.a.size() != size_t(N) || bias.a.dtype() != dt)) bad("bias must have N elements");
+  if (pos.a.dtype() != mx::int32 || pos.a.size() < 1) bad("position must be an int32 array (first value read)");
+  if (pos_value < 0 || pos_value >= c.shape(2) || pos_value >= ATTN_TMAX)
+    bad("position " + std::to_string(pos_value) + " outside the cache's " + std::to_string(c.shape(2)) +
+        " slots or past the kernel's " + std::to_string(ATTN_TMAX));
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s) || !attn_wanted()) bad("not available on this device");
+  const std::string& why = attn_checked(dt, HQ, HK, D, N, has_bias, scale, s);
+  if (!why.empty()) bad("failed its check against MLX's ops: " + why);
+  return std::make_unique<Array>(launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, scale, s)[0]);
+}
+
 std::string gpu_decode_status() {
   std::lock_guard<std::mutex> lock(mu);
   // "bfloat16 on (3 kernels checked)", or each failed check and why.
@@ -689,6 +914,7 @@ std::string gpu_decode_status() {
     };
     for (const auto& [c, why] : checks) count(int(c.dt.val()), why);
     for (const auto& [k, why] : greedy_checks) count(k.first, why);
+    for (const auto& [k, why] : attn_checks) count(std::get<0>(k), why);
     if (ok == 0 && bad.empty()) continue;
     // A failed check turns off only its own kernel (the model's fused path,
     // or greedy sampling), so both counts are told.

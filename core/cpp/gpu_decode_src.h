@@ -398,6 +398,245 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
   }
   if (tid == 0) y[0] = at;
 }
+// One query's attention over the KV cache, then the o projection, in one
+// kernel (what MLX runs as its one-query attention and a gemv: two graph
+// nodes, 5 + 6.3 us on an H100 for a 1B model, most of it ramp and launch).
+// y [N] = w [N, K] . attn + bias, attn [HQ, D] (K = HQ * D) =
+// softmax(scale * q . keys) . values over positions 0..pos of the joint
+// cache buffer [1, 2 HK, cap, D] (keys' heads, then values'), computed as
+// MLX's one-query kernel does (float, base-2 exponent, q scaled by
+// scale * log2 e, output times the reciprocal of the sum, rounded to T), and
+// also written to att [HQ * D].
+// Blocks of 8 warps: each warp takes a row pair (S warps, each a slice of
+// K, as norm_gemv), and a whole block takes one head's attention (heads are
+// few: 32 for a 1B model). Block b < HQ claims head b at its start, after
+// its first weight loads are in flight; any block waiting for a head that
+// no block has claimed yet computes it itself, so the kernel finishes
+// whatever order or number of blocks the GPU runs at once. A head's
+// attention is published with a flag (release), waited for with an acquire
+// load, then read through L2. The last block out resets the flags, so
+// `scratch` (claim [HQ], done [HQ], exits [1], zero before the first call)
+// serves the next call; calls must not overlap (gpu_decode.cc).
+// n = pos + 1 <= TMAX positions (scores live in shared memory).
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+template <typename T, int D, int HQ, int HK, int TMAX>
+__device__ __forceinline__ void head_attention(int hd, const T* q, const T* cache, int cap, int n, float scale_log2,
+                                               T* att, float* sc, float* red, float* red2) {
+  constexpr int TH = 256, WARPS = 8, VPL = D / 32;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int kv = hd / (HQ / HK);
+  const T* kb = cache + size_t(kv) * cap * D;
+  const T* vb = cache + size_t(HK + kv) * cap * D;
+  // Every key and value row is on its way to L2 first (prefetches hold no
+  // registers).
+  for (int t = tid; t < n; t += TH) {
+#pragma unroll
+    for (int l = 0; l < D * int(sizeof(T)); l += 128) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(kb + size_t(t) * D) + l));
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(vb + size_t(t) * D) + l));
+    }
+  }
+  // Scores: G = D / 8 lanes a position, each with 8 of q's values (times
+  // scale * log2 e) in registers and one 16-byte load of the key a round,
+  // summed across the G lanes (whole q per thread: D more registers).
+  constexpr int G = D / 8, PR = TH / G;
+  const int sub = tid % G, slot = tid / G;
+  float qv[8];
+  {
+    const uint4 u = *reinterpret_cast<const uint4*>(q + hd * D + sub * 8);
+    const T* e = reinterpret_cast<const T*>(&u);
+#pragma unroll
+    for (int j = 0; j < 8; j++) qv[j] = scale_log2 * static_cast<float>(e[j]);
+  }
+  float m = -3.402823466e38f;
+  // (Rounds are block-uniform, so every lane reaches the shuffles.)
+#pragma unroll 4
+  for (int t0 = 0; t0 < n; t0 += PR) {
+    const int t = t0 + slot;
+    uint4 u = make_uint4(0u, 0u, 0u, 0u);
+    if (t < n) u = reinterpret_cast<const uint4*>(kb + size_t(t) * D)[sub];
+    const T* e = reinterpret_cast<const T*>(&u);
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) s = fmaf(qv[j], static_cast<float>(e[j]), s);
+#pragma unroll
+    for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (t < n) {
+      if (sub == 0) sc[t] = s;
+      m = fmaxf(m, s);
+    }
+  }
+  __syncthreads();  // every score is in shared memory
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  if (lane == 0) red2[warp] = m;
+  __syncthreads();
+  m = red2[0];
+#pragma unroll
+  for (int i = 1; i < WARPS; i++) m = fmaxf(m, red2[i]);
+  float sum = 0.f;
+  for (int t = tid; t < n; t += TH) {
+    const float p = exp2f(sc[t] - m);
+    sc[t] = p;
+    sum += p;
+  }
+  sum = warp_sum(sum);
+  __syncthreads();  // everyone has read red2's maxima
+  if (lane == 0) red2[warp] = sum;
+  __syncthreads();
+  float tot = 0.f;
+#pragma unroll
+  for (int i = 0; i < WARPS; i++) tot += red2[i];
+  // Values: warp w takes positions w, w + 8, ...; lane l dims l * VPL...
+  float o[VPL];
+#pragma unroll
+  for (int j = 0; j < VPL; j++) o[j] = 0.f;
+#pragma unroll 4
+  for (int t = warp; t < n; t += WARPS) {
+    const float p = sc[t];
+    const T* vr = vb + size_t(t) * D + lane * VPL;
+    T ve[VPL];
+    if (VPL == 2) {
+      *reinterpret_cast<unsigned*>(ve) = *reinterpret_cast<const unsigned*>(vr);
+    } else {
+      *reinterpret_cast<uint2*>(ve) = *reinterpret_cast<const uint2*>(vr);
+    }
+#pragma unroll
+    for (int j = 0; j < VPL; j++) o[j] = fmaf(p, static_cast<float>(ve[j]), o[j]);
+  }
+#pragma unroll
+  for (int j = 0; j < VPL; j++) red[warp * D + lane * VPL + j] = o[j];
+  __syncthreads();
+  if (tid < D) {
+    float a = 0.f;
+#pragma unroll
+    for (int i = 0; i < WARPS; i++) a += red[i * D + tid];
+    const float r = tot == 0.f ? 0.f : __frcp_rn(tot);
+    att[hd * D + tid] = static_cast<T>(a * r);
+    __threadfence();
+  }
+  __syncthreads();
+}
+
+template <typename T, int K, int N, int S, bool BIAS, int D, int HQ, int HK, int TMAX, int SCALE_LOG2, int IF>
+__device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, const int* pos, const T* w,
+                                       const T* bias, const unsigned* scratch_in, T* y, T* att) {
+  constexpr int WARPS = 8;
+  constexpr int C = K / 256;            // 256-wide chunks of a row (K % 256 == 0)
+  constexpr int CW = (C + S - 1) / S;   // chunks per warp
+  constexpr int CB = CW < IF ? CW : IF; // chunks of both rows in flight per warp
+  constexpr int PB = WARPS / S;         // row pairs per block
+  constexpr int P = N / 2;
+  static_assert(K == HQ * D && K % 256 == 0 && (D == 64 || D == 128) && HQ % HK == 0, "attn_o shapes");
+  __shared__ __align__(16) float sc[TMAX];
+  __shared__ float red[WARPS * D];
+  __shared__ float red2[WARPS];
+  __shared__ float part_sum[WARPS][2];
+  unsigned* scratch = const_cast<unsigned*>(scratch_in);
+  unsigned* claim = scratch;
+  unsigned* done = scratch + HQ;
+  unsigned* exits = scratch + 2 * HQ;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
+  const bool live = pair < P;
+  const int r0 = 2 * pair, r1 = r0 + 1;
+  const T* w0 = w + size_t(live ? r0 : 0) * K;
+  const T* w1 = w + size_t(live ? r1 : 0) * K;
+  uint4 a[CB], b[CB];
+#pragma unroll
+  for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+
+  const int n = min(pos[0] + 1, TMAX);
+  const float scale_log2 = __int_as_float(SCALE_LOG2);
+  // A head is computed the same way by whichever block runs it (the same
+  // instructions on the same inputs), so two blocks that both run one write
+  // the same bytes: claims only save the work, exclusivity is not needed.
+  // Block b < HQ runs head b without waiting for its claim to land. Then
+  // every block needs every head (its warps' slices of K cover all of
+  // them): thread i polls head i, and an unclaimed head is claimed and run.
+  // (One call site of head_attention: inlined twice, it cost 50 registers.)
+  __shared__ int s_free;
+  int hd = blockIdx.x < HQ ? int(blockIdx.x) : -1;
+  if (hd >= 0 && tid == 0) atomicExch(claim + hd, 1u);
+  for (;;) {
+    if (hd >= 0) {
+      head_attention<T, D, HQ, HK, TMAX>(hd, q, cache, cap, n, scale_log2, att, sc, red, red2);
+      if (tid == 0) atomicExch(done + hd, 1u);
+    }
+    int state = 0;  // 0 done, 1 running elsewhere, 2 unclaimed
+    if (tid == 0) s_free = HQ;
+    if (tid < HQ) state = ld_acquire(done + tid) ? 0 : ld_acquire(claim + tid) ? 1 : 2;
+    __syncthreads();
+    if (state == 2) atomicMin(&s_free, (tid - int(blockIdx.x) % HQ + HQ) % HQ);
+    if (__syncthreads_count(state != 0) == 0) break;
+    hd = s_free;
+    __syncthreads();
+    if (hd < HQ) {
+      hd = (hd + int(blockIdx.x) % HQ) % HQ;
+      if (tid == 0) s_free = atomicCAS(claim + hd, 0u, 1u) == 0u;
+      __syncthreads();
+      if (!s_free) hd = -1;
+      __syncthreads();
+    } else {
+      hd = -1;
+      __nanosleep(100);
+    }
+  }
+  if (tid == 0) {
+    // Past every wait: the last block out resets the flags for the next call.
+    __threadfence();
+    if (atomicAdd(exits, 1u) == gridDim.x - 1) {
+      for (int i = 0; i < 2 * HQ; i++) scratch[i] = 0u;
+      scratch[2 * HQ] = 0u;
+      __threadfence();
+    }
+  }
+
+  float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll
+  for (int i = 0; i < CW; i++) {
+    const int k = (c0 + i) * 256 + lane * 8;
+    if (live && k < K) {
+      const uint4 xv = __ldcg(reinterpret_cast<const uint4*>(att + k));
+      const T* xe = reinterpret_cast<const T*>(&xv);
+      const float4 x0 = make_float4(static_cast<float>(xe[0]), static_cast<float>(xe[1]), static_cast<float>(xe[2]),
+                                    static_cast<float>(xe[3]));
+      const float4 x1 = make_float4(static_cast<float>(xe[4]), static_cast<float>(xe[5]), static_cast<float>(xe[6]),
+                                    static_cast<float>(xe[7]));
+      acc0 = dot8<T>(acc0, a[i % CB], x0, x1);
+      acc1 = dot8<T>(acc1, b[i % CB], x0, x1);
+    }
+    if (i + CB < CW) ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
+  }
+  acc0 = warp_sum(acc0);
+  acc1 = warp_sum(acc1);
+  if (S > 1) {
+    if (lane == 0) {
+      part_sum[warp][0] = acc0;
+      part_sum[warp][1] = acc1;
+    }
+    __syncthreads();
+    if (part != 0) return;
+    acc0 = 0.f;
+    acc1 = 0.f;
+#pragma unroll
+    for (int i = 0; i < S; i++) {
+      acc0 += part_sum[warp + i][0];
+      acc1 += part_sum[warp + i][1];
+    }
+  }
+  if (!live || lane != 0) return;
+  if (BIAS) {
+    acc0 += static_cast<float>(bias[r0]);
+    acc1 += static_cast<float>(bias[r1]);
+  }
+  y[r0] = static_cast<T>(acc0);
+  y[r1] = static_cast<T>(acc1);
+}
 }  // namespace cider_dec
 )CUDA";
 
@@ -414,5 +653,8 @@ inline constexpr const char* kCiderNormKvCall =
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
     "const_cast<T*>(cache), cache_shape[2], hout, q);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
+inline constexpr const char* kCiderAttnOCall =
+    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF>"
+    "(q, cache, cache_shape[2], reinterpret_cast<const int*>(pos), w, bias, scratch, y, att);";
 
 }  // namespace cider

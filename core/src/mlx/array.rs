@@ -235,6 +235,30 @@ pub fn gpu_decode_self_test(dtype: Dtype) -> Result<()> {
     check_result(ffi::gpu_decode_self_test(dtype as u8)?)
 }
 
+/// Checks, once per process, cider's attention + o projection kernel for
+/// these shapes (`heads` query heads over `kv_heads`, `head_dim`, an o
+/// projection of `n` rows, a bias or not, this softmax scale) against MLX's
+/// attention and matmul. Err says why it is not used.
+pub fn gpu_attn_o_check(dtype: Dtype, heads: i32, kv_heads: i32, head_dim: i32, n: i32, has_bias: bool, scale: f32) -> Result<()> {
+    check_result(ffi::gpu_attn_o_check(dtype as u8, heads, kv_heads, head_dim, n, has_bias, scale)?)
+}
+
+/// The most positions `gpu_attn_o` attends over (pos_value + 1).
+pub fn gpu_attn_o_max_positions() -> i32 {
+    ffi::gpu_attn_o_max_positions()
+}
+
+/// One position's attention and o projection on the GPU, in one kernel:
+/// softmax(scale * q . keys) . values over positions 0..=pos_value of the
+/// cache's joint buffer `cache` [1, 2 kv_heads, capacity, head_dim] (keys'
+/// heads, then values'), times w.T (+ bias): q [1, heads, 1, head_dim] ->
+/// [1, N]. `pos` holds `pos_value` (it may not be computed yet). Check
+/// `gpu_attn_o_check` first; arguments that do not fit are an error.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: Option<&Array>, scale: f32) -> Result<Array> {
+    wrap(ffi::gpu_attn_o(&q.inner, &cache.inner, &pos.inner, pos_value, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), scale))
+}
+
 /// What the fused decode kernel does after its matrix-vector product.
 pub enum DecodeEpilogue<'a> {
     /// RoPE on the first `rot` outputs, heads of `head_dim`, at position

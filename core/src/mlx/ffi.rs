@@ -52,6 +52,11 @@ pub(crate) mod ffi {
         fn gpu_greedy_check(dtype: u8, v: i32) -> Result<String>;
         fn gpu_decode_self_test(dtype: u8) -> Result<String>;
         fn gpu_greedy(logits: &Array, scratch: &Array, prev: &Array) -> Result<UniquePtr<Array>>;
+        fn gpu_attn_o_max_positions() -> i32;
+        fn gpu_attn_o_check(dtype: u8, heads: i32, kv_heads: i32, head_dim: i32, n: i32, has_bias: bool, scale: f32) -> Result<String>;
+        #[allow(clippy::too_many_arguments)]
+        fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: &Array, has_bias: bool,
+                      scale: f32) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

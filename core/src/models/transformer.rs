@@ -57,10 +57,13 @@ pub struct Transformer {
     /// Whether the fused kernels for this model's shapes passed their check
     /// against MLX's ops (asked at the first fused step; see `fused_checked`).
     fused_ok: std::sync::OnceLock<bool>,
+    /// Whether cider's attention + o projection kernel runs this model's
+    /// fused steps (see `attn_checked`).
+    attn_ok: std::sync::OnceLock<bool>,
 }
 
-// SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`,
-// a OnceLock, itself Sync); its arrays are
+// SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`
+// and `attn_ok`, OnceLocks, themselves Sync); its arrays are
 // evaluated, immutable MLX buffers whose handles are only cloned (an atomic
 // refcount) when building graphs. Graph evaluation itself is serialised by
 // `generate::mlx_lock`, so sharing the model between threads is sound.
@@ -264,7 +267,18 @@ impl Transformer {
                         && l.post_norm.weight.dtype() == dt
                 })
         });
-        Ok(Transformer { config, embed, layers, norm, lm_head, rope, kv_dtype, fusable, fused_ok: std::sync::OnceLock::new() })
+        Ok(Transformer {
+            config,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+            kv_dtype,
+            fusable,
+            fused_ok: std::sync::OnceLock::new(),
+            attn_ok: std::sync::OnceLock::new(),
+        })
     }
 
     /// ids: [B, L] int32 -> logits [B, L, vocab].
@@ -380,6 +394,9 @@ impl Transformer {
         let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
         let (freqs, log2_base, scale) = self.rope.fused_params(d).expect("checked by `fusable` at load");
         let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: &pos, pos_value: caches_offset, freqs, log2_base, scale };
+        // This step's attention and o projection in one kernel, where it
+        // takes this many positions.
+        let attn_o = caches_offset < crate::mlx::gpu_attn_o_max_positions() && self.attn_checked();
         let mut delta: Option<Array> = None;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             let a = &layer.attn;
@@ -389,7 +406,8 @@ impl Transformer {
             };
             let Linear::Dense { weight: wgu, bias: bgu, .. } = gate_up else { unreachable!("checked by `fusable` at load") };
             let n = &layer.input_norm;
-            let (h1, q, k, v) = match cache.joint_slot(hk, d, h.dtype())? {
+            let o_rows = |o: &Array| a.o_proj.forward(&o.reshape(&[1, hq * d])?);
+            let (h1, r) = match cache.joint_slot(hk, d, h.dtype())? {
                 // Keys and values go straight into the cache: no slice
                 // update, and q, k and v need no slicing out of one output.
                 Some(slot) => {
@@ -397,20 +415,33 @@ impl Transformer {
                     debug_assert_eq!(p, caches_offset);
                     let kv = Some((buf, hq * d, &slot.after));
                     let (h1, q) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, kv)?;
-                    let t = p + 1;
-                    (h1, q, buf.slice(&[0, 0, 0, 0], &[1, hk, t, d])?, buf.slice(&[0, hk, 0, 0], &[1, 2 * hk, t, d])?)
+                    if attn_o {
+                        // Attention and o projection in one kernel that
+                        // reads the buffer in place, after this step's write
+                        // (it takes q): the next write waits for its output.
+                        let Linear::Dense { weight: wo, bias: bo, .. } = &a.o_proj else { unreachable!("checked by `attn_checked`") };
+                        let r = crate::mlx::gpu_attn_o(&q, buf, &pos, p, wo, bo.as_ref(), a.scale)?;
+                        cache.joint_written(&r);
+                        (h1, r)
+                    } else {
+                        let t = p + 1;
+                        let (k, v) = (buf.slice(&[0, 0, 0, 0], &[1, hk, t, d])?, buf.slice(&[0, hk, 0, 0], &[1, 2 * hk, t, d])?);
+                        let o = Array::sdpa(&q, &k, &v, a.scale, &Mask::None)?;
+                        // The attention read the buffer after this step's
+                        // write: the next write (and any copy of the buffer)
+                        // waits for it.
+                        cache.joint_written(&o);
+                        (h1, o_rows(&o)?)
+                    }
                 }
                 None => {
                     let (h1, qkv) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, None)?;
                     let (k, v) = cache.update_and_fetch(&qkv.slice_axis(1, hq, hq + hk)?, &qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)?;
-                    (h1, qkv.slice_axis(1, 0, hq)?, k, v)
+                    let o = Array::sdpa(&qkv.slice_axis(1, 0, hq)?, &k, &v, a.scale, &Mask::None)?;
+                    cache.joint_written(&o);
+                    (h1, o_rows(&o)?)
                 }
             };
-            let o = Array::sdpa(&q, &k, &v, a.scale, &Mask::None)?;
-            // The attention read the buffer after this step's write: the
-            // next write (and any copy of the buffer) waits for it.
-            cache.joint_written(&o);
-            let r = a.o_proj.forward(&o.reshape(&[1, hq * d])?)?;
             let n = &layer.post_norm;
             let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None)?;
             delta = Some(down.forward(&act)?);
@@ -433,8 +464,8 @@ impl Transformer {
     /// weights of the model's shapes).
     pub fn prepare_decode(&self) {
         if let Some(dt) = self.fusable {
-            if crate::mlx::gpu_decode_ready(dt) {
-                self.fused_checked();
+            if crate::mlx::gpu_decode_ready(dt) && self.fused_checked() {
+                self.attn_checked();
             }
         }
     }
@@ -454,6 +485,24 @@ impl Transformer {
             let (qkv_rows, eps_in, eps_post) = (wqkv.dim(0), layer.input_norm.eps, layer.post_norm.eps);
             [false, true].into_iter().all(|add| crate::mlx::gpu_decode_check(dt, k, qkv_rows, add, bqkv.is_some(), eps_in, &rope, hq * d).is_ok())
                 && crate::mlx::gpu_decode_check(dt, k, wgu.dim(0), true, bgu.is_some(), eps_post, &DecodeEpilogue::Swiglu, 0).is_ok()
+        })
+    }
+
+    /// Whether cider's attention + o projection kernel takes this model's
+    /// fused steps: every layer's o projection dense in the activations'
+    /// dtype, all with a bias or none, and the kernel's check against MLX's
+    /// attention and matmul passed for these shapes. Asked once.
+    fn attn_checked(&self) -> bool {
+        *self.attn_ok.get_or_init(|| {
+            let (Some(dt), Some(first)) = (self.fusable, self.layers.first()) else { return false };
+            let Linear::Dense { weight, bias, .. } = &first.attn.o_proj else { return false };
+            let same = self.layers.iter().all(|l| {
+                matches!(&l.attn.o_proj, Linear::Dense { weight: w, bias: b, split, .. }
+                    if split.is_empty() && w.dtype() == dt && w.shape() == weight.shape() && b.is_some() == bias.is_some())
+                    && l.attn.scale == first.attn.scale
+            });
+            let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
+            same && crate::mlx::gpu_attn_o_check(dt, hq, hk, d, weight.dim(0), bias.is_some(), first.attn.scale).is_ok()
         })
     }
 
