@@ -413,10 +413,11 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
 // its first weight loads are in flight; any block waiting for a head that
 // no block has claimed yet computes it itself, so the kernel finishes
 // whatever order or number of blocks the GPU runs at once. A head's
-// attention is published with a flag (release), waited for with an acquire
-// load, then read through L2. The last block out resets the flags, so
-// `scratch` (claim [HQ], done [HQ], exits [1], zero before the first call)
-// serves the next call; calls must not overlap (gpu_decode.cc).
+// attention is counted once written (fence, then an atomic add), waited
+// for with an acquire load of the count, then read through L2. The last
+// block out resets the scratch, so `scratch` (claim [HQ], count, exits,
+// zero before the first call) serves the next call; calls must not overlap
+// (gpu_decode.cc).
 // n = pos + 1 <= TMAX positions (scores live in shared memory).
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
@@ -517,8 +518,9 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
     for (int i = 0; i < WARPS; i++) a += red[i * D + tid];
     const float r = tot == 0.f ? 0.f : __frcp_rn(tot);
     att[hd * D + tid] = static_cast<T>(a * r);
-    __threadfence();
   }
+  // (Published by the caller: this barrier, then one thread's fence and
+  // atomic add, as cooperative groups' grid sync publishes a block's writes.)
   __syncthreads();
 }
 
@@ -538,8 +540,8 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   __shared__ float part_sum[WARPS][2];
   unsigned* scratch = const_cast<unsigned*>(scratch_in);
   unsigned* claim = scratch;
-  unsigned* done = scratch + HQ;
-  unsigned* exits = scratch + 2 * HQ;
+  unsigned* count = scratch + HQ;  // heads done
+  unsigned* exits = scratch + HQ + 1;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
   const bool live = pair < P;
@@ -552,46 +554,54 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
 
   const int n = min(pos[0] + 1, TMAX);
   const float scale_log2 = __int_as_float(SCALE_LOG2);
-  // A head is computed the same way by whichever block runs it (the same
-  // instructions on the same inputs), so two blocks that both run one write
-  // the same bytes: claims only save the work, exclusivity is not needed.
-  // Block b < HQ runs head b without waiting for its claim to land. Then
-  // every block needs every head (its warps' slices of K cover all of
-  // them): thread i polls head i, and an unclaimed head is claimed and run.
-  // (One call site of head_attention: inlined twice, it cost 50 registers.)
-  __shared__ int s_free;
+  // Heads are claimed (claim[h] 0 -> 1) and counted when done; blocks wait
+  // for the count. Block b < HQ starts head b at once and learns whether
+  // its claim won only when done: a head is computed the same way by
+  // whichever block runs it (the same instructions on the same inputs), so
+  // a block that lost the claim wrote the same bytes, and only the winner
+  // counts the head. A block that has waited a while runs any head nobody
+  // has claimed (one thread polls the count; the claims are read only
+  // then), so no block waits on one that may not have started.
+  __shared__ int s_done, s_free;
   int hd = blockIdx.x < HQ ? int(blockIdx.x) : -1;
-  if (hd >= 0 && tid == 0) atomicExch(claim + hd, 1u);
+  unsigned won = 0;
+  if (hd >= 0 && tid == 0) won = atomicCAS(claim + hd, 0u, 1u) == 0u;
   for (;;) {
     if (hd >= 0) {
       head_attention<T, D, HQ, HK, TMAX>(hd, q, cache, cap, n, scale_log2, att, sc, red, red2);
-      if (tid == 0) atomicExch(done + hd, 1u);
-    }
-    int state = 0;  // 0 done, 1 running elsewhere, 2 unclaimed
-    if (tid == 0) s_free = HQ;
-    if (tid < HQ) state = ld_acquire(done + tid) ? 0 : ld_acquire(claim + tid) ? 1 : 2;
-    __syncthreads();
-    if (state == 2) atomicMin(&s_free, (tid - int(blockIdx.x) % HQ + HQ) % HQ);
-    if (__syncthreads_count(state != 0) == 0) break;
-    hd = s_free;
-    __syncthreads();
-    if (hd < HQ) {
-      hd = (hd + int(blockIdx.x) % HQ) % HQ;
-      if (tid == 0) s_free = atomicCAS(claim + hd, 0u, 1u) == 0u;
-      __syncthreads();
-      if (!s_free) hd = -1;
-      __syncthreads();
-    } else {
+      if (tid == 0 && won) {
+        __threadfence();
+        atomicAdd(count, 1u);
+      }
       hd = -1;
-      __nanosleep(100);
     }
+    if (tid == 0) {
+      unsigned c = ld_acquire(count);
+      for (int i = 0; c < HQ && i < 64; i++) {
+        __nanosleep(32);
+        c = ld_acquire(count);
+      }
+      s_done = c >= HQ;
+      s_free = HQ;
+    }
+    __syncthreads();
+    if (s_done) break;
+    if (tid < HQ && ld_acquire(claim + tid) == 0u) atomicMin(&s_free, (tid - int(blockIdx.x) % HQ + HQ) % HQ);
+    __syncthreads();
+    if (s_free < HQ) {
+      hd = (s_free + int(blockIdx.x) % HQ) % HQ;
+      won = 0;
+      if (tid == 0) s_done = won = atomicCAS(claim + hd, 0u, 1u) == 0u;  // s_done: reused as "won"
+      __syncthreads();
+      if (!s_done) hd = -1;
+    }
+    __syncthreads();
   }
   if (tid == 0) {
     // Past every wait: the last block out resets the flags for the next call.
     __threadfence();
     if (atomicAdd(exits, 1u) == gridDim.x - 1) {
-      for (int i = 0; i < 2 * HQ; i++) scratch[i] = 0u;
-      scratch[2 * HQ] = 0u;
+      for (int i = 0; i < HQ + 2; i++) scratch[i] = 0u;
       __threadfence();
     }
   }
