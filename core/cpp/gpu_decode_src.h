@@ -65,6 +65,51 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// A row pair's dot products with an input row, given the warp's first CB
+// chunks of both rows in flight in a and b: each chunk's registers are
+// refilled with the chunk CB ahead as soon as they are used (the loop is
+// unrolled, so a[i % CB] is a register), which keeps CB loads in flight
+// until the warp's last chunk. xin(k, x0, x1) gives the input's 8 values
+// from k. With S > 1 warps a pair, the pair's first warp adds the S partial
+// sums, always in one order, and the others return false (every warp of
+// the block must call this: it has a barrier).
+template <typename T, int K, int S, int CW, int CB, typename X>
+__device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T* w0, const T* w1, int c0, int lane,
+                                         int warp, int part, bool live, X xin, float (*part_sum)[2], float& acc0,
+                                         float& acc1) {
+  acc0 = 0.f;
+  acc1 = 0.f;
+#pragma unroll
+  for (int i = 0; i < CW; i++) {
+    const int k = (c0 + i) * 256 + lane * 8;
+    if (live && k < K) {
+      float4 x0, x1;
+      xin(k, x0, x1);
+      acc0 = dot8<T>(acc0, a[i % CB], x0, x1);
+      acc1 = dot8<T>(acc1, b[i % CB], x0, x1);
+    }
+    if (i + CB < CW) ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
+  }
+  acc0 = warp_sum(acc0);
+  acc1 = warp_sum(acc1);
+  if (S > 1) {
+    if (lane == 0) {
+      part_sum[warp][0] = acc0;
+      part_sum[warp][1] = acc1;
+    }
+    __syncthreads();
+    if (part != 0) return false;
+    acc0 = 0.f;
+    acc1 = 0.f;
+#pragma unroll
+    for (int i = 0; i < S; i++) {
+      acc0 += part_sum[warp + i][0];
+      acc1 += part_sum[warp + i][1];
+    }
+  }
+  return true;
+}
+
 // Inputs: h [K] (residual row), dl [K] (added to h when ADD), g [K] (norm
 // weight), w [N, K] (row-major), bias [N] (when BIAS), pos [1] int32 (RoPE
 // position), freqs [D/2] float32 (RoPE frequencies when FREQS).
@@ -167,39 +212,12 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
   }
   __syncthreads();
 
-  // Each chunk's registers are refilled with the chunk CB ahead as soon as
-  // they are used (the loop is unrolled, so a[i % CB] is a register), which
-  // keeps CB loads in flight until the warp's last chunk.
-  float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll
-  for (int i = 0; i < CW; i++) {
-    const int k = (c0 + i) * 256 + lane * 8;
-    if (live && k < K) {
-      const float4 x0 = *reinterpret_cast<const float4*>(xs + k);
-      const float4 x1 = *reinterpret_cast<const float4*>(xs + k + 4);
-      acc0 = dot8<T>(acc0, a[i % CB], x0, x1);
-      acc1 = dot8<T>(acc1, b[i % CB], x0, x1);
-    }
-    if (i + CB < CW) ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
-  }
-  acc0 = warp_sum(acc0);
-  acc1 = warp_sum(acc1);
-  if (S > 1) {
-    // The pair's first warp adds the S partial sums, always in one order.
-    if (lane == 0) {
-      part_sum[warp][0] = acc0;
-      part_sum[warp][1] = acc1;
-    }
-    __syncthreads();
-    if (part != 0) return;
-    acc0 = 0.f;
-    acc1 = 0.f;
-#pragma unroll
-    for (int i = 0; i < S; i++) {
-      acc0 += part_sum[warp + i][0];
-      acc1 += part_sum[warp + i][1];
-    }
-  }
+  float acc0, acc1;
+  auto from_shared = [&](int k, float4& x0, float4& x1) {
+    x0 = *reinterpret_cast<const float4*>(xs + k);
+    x1 = *reinterpret_cast<const float4*>(xs + k + 4);
+  };
+  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_shared, part_sum, acc0, acc1)) return;
   auto store = [&](int r, T val) {
     if (QN == 0 || r < QN) {
       y[r] = val;
@@ -606,39 +624,17 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
     }
   }
 
-  float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll
-  for (int i = 0; i < CW; i++) {
-    const int k = (c0 + i) * 256 + lane * 8;
-    if (live && k < K) {
-      const uint4 xv = __ldcg(reinterpret_cast<const uint4*>(att + k));
-      const T* xe = reinterpret_cast<const T*>(&xv);
-      const float4 x0 = make_float4(static_cast<float>(xe[0]), static_cast<float>(xe[1]), static_cast<float>(xe[2]),
-                                    static_cast<float>(xe[3]));
-      const float4 x1 = make_float4(static_cast<float>(xe[4]), static_cast<float>(xe[5]), static_cast<float>(xe[6]),
-                                    static_cast<float>(xe[7]));
-      acc0 = dot8<T>(acc0, a[i % CB], x0, x1);
-      acc1 = dot8<T>(acc1, b[i % CB], x0, x1);
-    }
-    if (i + CB < CW) ld2<T, K>(a[i % CB], b[i % CB], w0, w1, c0 + i + CB, lane, live);
-  }
-  acc0 = warp_sum(acc0);
-  acc1 = warp_sum(acc1);
-  if (S > 1) {
-    if (lane == 0) {
-      part_sum[warp][0] = acc0;
-      part_sum[warp][1] = acc1;
-    }
-    __syncthreads();
-    if (part != 0) return;
-    acc0 = 0.f;
-    acc1 = 0.f;
-#pragma unroll
-    for (int i = 0; i < S; i++) {
-      acc0 += part_sum[warp + i][0];
-      acc1 += part_sum[warp + i][1];
-    }
-  }
+  // The heads' outputs through L2 (written by other blocks in this kernel).
+  float acc0, acc1;
+  auto from_att = [&](int k, float4& x0, float4& x1) {
+    const uint4 xv = __ldcg(reinterpret_cast<const uint4*>(att + k));
+    const T* xe = reinterpret_cast<const T*>(&xv);
+    x0 = make_float4(static_cast<float>(xe[0]), static_cast<float>(xe[1]), static_cast<float>(xe[2]),
+                     static_cast<float>(xe[3]));
+    x1 = make_float4(static_cast<float>(xe[4]), static_cast<float>(xe[5]), static_cast<float>(xe[6]),
+                     static_cast<float>(xe[7]));
+  };
+  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_att, part_sum, acc0, acc1)) return;
   if (!live || lane != 0) return;
   if (BIAS) {
     acc0 += static_cast<float>(bias[r0]);
