@@ -59,7 +59,7 @@ def variants():
                    base + [("N", 3072), ("MODE", 1), ("ROT", 2560), ("QN", 2048)], CALLS["kCiderNormKvCall"])
             yield (f"gateup_{t}_if{IF}", ins, [("hout", T), ("y", T)],
                    base + [("N", 16384), ("MODE", 2), ("ROT", 0)], CALLS["kCiderNormCall"])
-        for K, N, D, HQ, HK, S in ((2048, 2048, 64, 32, 8, 1), (2048, 2048, 64, 32, 8, 4), (4096, 3072, 128, 32, 8, 2)):
+        for K, N, D, HQ, HK, S in ((2048, 2048, 64, 32, 8, 1), (2048, 2048, 64, 32, 8, 2), (4096, 3072, 128, 32, 8, 2)):
             yield (f"attn_o_{t}_K{K}_D{D}_S{S}",
                    [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t")],
                    [("y", T), ("att", T)],

@@ -616,8 +616,8 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
     __syncthreads();
   }
   if (tid == 0) {
-    // Past every wait: the last block out resets the flags for the next call.
-    __threadfence();
+    // Past every wait (its acquire loads keep this add after them): the
+    // last block out resets the scratch for the next call.
     if (atomicAdd(exits, 1u) == gridDim.x - 1) {
       for (int i = 0; i < HQ + 2; i++) scratch[i] = 0u;
       __threadfence();
