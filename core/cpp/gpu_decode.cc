@@ -267,22 +267,26 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
 
 // The attention + o projection kernel (attn_o in gpu_decode_src.h): at
 // most ATTN_TMAX positions (its scores live in shared memory), heads of 64
-// or 128, at most ATTN_MAX_HEADS query heads (its scratch has a claim and a
-// done flag per head, then the exit counter).
+// or 128, at most ATTN_MAX_HEADS query heads (its scratch has a claim per
+// head, the count of heads done and the exit counter).
 constexpr int ATTN_TMAX = 2048;
 constexpr int ATTN_MAX_HEADS = 128;
 
-// One scratch per process, zero between calls (the last block out resets
-// it). Calls must not overlap: every call is on the default stream, and a
-// model's calls are ordered by data (each layer's q comes from the
-// previous layer's output; a step's from the last step's token).
+// One scratch per stream, zero between calls (the last block out resets
+// it). Calls on one scratch must not overlap: MLX gives each thread its own
+// default stream, and streams run at once, so each gets its own; on one
+// stream, a model's calls are ordered by data (each layer's q comes from
+// the previous layer's output, a step's from the last step's token; every
+// generation step is its own evaluation).
 const mx::array& attn_scratch(const mx::Stream& s) {
-  static const mx::array a = [&] {
-    auto z = mx::zeros({2 * ATTN_MAX_HEADS + 1}, mx::uint32, s);
-    mx::eval(z);
-    return z;
-  }();
-  return a;
+  static std::mutex m;
+  static std::map<int, mx::array> by_stream;
+  std::lock_guard<std::mutex> lock(m);
+  auto it = by_stream.find(s.index);
+  if (it != by_stream.end()) return it->second;
+  auto z = mx::zeros({2 * ATTN_MAX_HEADS + 1}, mx::uint32, s);
+  mx::eval(z);
+  return by_stream.emplace(s.index, z).first->second;
 }
 
 // How many warps share an o-projection row pair: the fewest giving at

@@ -437,6 +437,16 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
 // zero before the first call) serves the next call; calls must not overlap
 // (gpu_decode.cc).
 // n = pos + 1 <= TMAX positions (scores live in shared memory).
+template <int VPL>
+struct VWord;  // the word holding VPL values of 2 bytes
+template <>
+struct VWord<2> {
+  using type = unsigned;
+};
+template <>
+struct VWord<4> {
+  using type = uint2;
+};
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -518,12 +528,9 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
   for (int t = warp; t < n; t += WARPS) {
     const float p = sc[t];
     const T* vr = vb + size_t(t) * D + lane * VPL;
-    T ve[VPL];
-    if (VPL == 2) {
-      *reinterpret_cast<unsigned*>(ve) = *reinterpret_cast<const unsigned*>(vr);
-    } else {
-      *reinterpret_cast<uint2*>(ve) = *reinterpret_cast<const uint2*>(vr);
-    }
+    // One 4- or 8-byte load of this lane's values, read as T in registers.
+    const typename VWord<VPL>::type u = *reinterpret_cast<const typename VWord<VPL>::type*>(vr);
+    const T* ve = reinterpret_cast<const T*>(&u);
 #pragma unroll
     for (int j = 0; j < VPL; j++) o[j] = fmaf(p, static_cast<float>(ve[j]), o[j]);
   }
@@ -570,7 +577,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
 #pragma unroll
   for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
 
-  const int n = min(pos[0] + 1, TMAX);
+  const int n = min(pos[0] + 1, min(TMAX, cap));
   const float scale_log2 = __int_as_float(SCALE_LOG2);
   // Heads are claimed (claim[h] 0 -> 1) and counted when done; blocks wait
   // for the count. Block b < HQ starts head b at once and learns whether
@@ -619,6 +626,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
     // Past every wait (its acquire loads keep this add after them): the
     // last block out resets the scratch for the next call.
     if (atomicAdd(exits, 1u) == gridDim.x - 1) {
+      __threadfence();  // every block's scratch operations come before the reset
       for (int i = 0; i < HQ + 2; i++) scratch[i] = 0u;
       __threadfence();
     }

@@ -498,11 +498,12 @@ impl Transformer {
             let Linear::Dense { weight, bias, .. } = &first.attn.o_proj else { return false };
             let same = self.layers.iter().all(|l| {
                 matches!(&l.attn.o_proj, Linear::Dense { weight: w, bias: b, split, .. }
-                    if split.is_empty() && w.dtype() == dt && w.shape() == weight.shape() && b.is_some() == bias.is_some())
+                    if split.is_empty() && w.dtype() == dt && w.shape() == weight.shape()
+                        && b.is_some() == bias.is_some() && b.as_ref().is_none_or(|b| b.dtype() == dt))
                     && l.attn.scale == first.attn.scale
             });
             let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
-            same && crate::mlx::gpu_attn_o_check(dt, hq, hk, d, weight.dim(0), bias.is_some(), first.attn.scale).is_ok()
+            same && weight.dim(1) == hq * d && crate::mlx::gpu_attn_o_check(dt, hq, hk, d, weight.dim(0), bias.is_some(), first.attn.scale).is_ok()
         })
     }
 
