@@ -3,9 +3,11 @@ and per split S (warps per row pair), by device time under Nsight Compute.
 
 Runs the same CUDA text the shim compiles, through mx.fast.cuda_kernel, on
 Llama-3.2-1B's decode shapes: the norm kernel (q/k/v with RoPE, gate/up
-with SwiGLU) and greedy sampling; MLX's reference is its one-row matmul
-(without the norm and epilogue the kernel also does) and, for sampling,
-logsumexp + subtract + argmax.
+with SwiGLU), the attention + o projection kernel (checked against MLX's
+sdpa + matmul at 1 to 1024 positions, printed; --attn-only runs just it)
+and greedy sampling; MLX's reference is its one-row matmul (without the
+norm and epilogue the kernel also does), its sdpa + matmul and, for
+sampling, logsumexp + subtract + argmax.
 Each variant runs 3 times between marker kernels (sine, cosine) that the table
 uses to tell the groups apart; --cache-control all makes every call read
 its weights from DRAM, as a decode step does (a layer's weights are read
