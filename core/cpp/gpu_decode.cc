@@ -136,9 +136,24 @@ void keep_header_file() {
 }
 
 // The norm kernel's plain variant (output y) and KV variant (q, and keys
-// and values into the cache in place); greedy sampling.
-// The attention + o projection kernel.
+// and values into the cache in place); greedy sampling; the attention + o
+// projection kernel.
 enum class Kind { Norm, NormKv, Greedy, AttnO };
+
+// Each kind's inputs, outputs and call line (indexed by Kind).
+struct KindSpec {
+  const char* name;
+  std::vector<std::string> inputs, outputs;
+  const char* call;
+};
+const KindSpec& spec(Kind kind) {
+  static const KindSpec specs[] = {
+      {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, kCiderNormCall},
+      {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"}, kCiderNormKvCall},
+      {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
+      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, kCiderAttnOCall}};
+  return specs[int(kind)];
+}
 
 using TArgs = std::vector<std::pair<std::string, mx::fast::TemplateArg>>;
 
@@ -162,6 +177,7 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind, const TArgs& targs) {
   std::lock_guard<std::mutex> lock(m);
   auto it = made.find(key);
   if (it != made.end()) return *it->second;
+  const KindSpec& k = spec(kind);
   std::string src;
   for (const auto& [name, arg] : targs) {
     if (std::holds_alternative<int>(arg)) {
@@ -173,30 +189,9 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind, const TArgs& targs) {
       src += "using " + name + " = " + (dt == mx::bfloat16 ? "__nv_bfloat16" : dt == mx::float16 ? "__half" : "float") + ";\n";
     }
   }
-  const std::string id = "_" + std::to_string(made.size());
-  const std::string& header = device_header().header;
-  std::unique_ptr<mx::fast::CustomKernelFunction> f;
-  switch (kind) {
-    case Kind::Norm:
-      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
-          "cider_dec" + id, {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, src + kCiderNormCall, header,
-          /*ensure_row_contiguous=*/true, /*shared_memory=*/0));
-      break;
-    case Kind::NormKv:
-      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
-          "cider_dec_kv" + id, {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"},
-          src + kCiderNormKvCall, header, true, 0));
-      break;
-    case Kind::Greedy:
-      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
-          "cider_greedy" + id, {"x", "scratch", "prev"}, {"y"}, src + kCiderGreedyCall, header, true, 0));
-      break;
-    case Kind::AttnO:
-      f = std::make_unique<mx::fast::CustomKernelFunction>(mx::fast::cuda_kernel(
-          "cider_attn_o" + id, {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, src + kCiderAttnOCall,
-          header, true, 0));
-      break;
-  }
+  auto f = std::make_unique<mx::fast::CustomKernelFunction>(
+      mx::fast::cuda_kernel(k.name + ("_" + std::to_string(made.size())), k.inputs, k.outputs, src + k.call,
+                            device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0));
   return *made.emplace(std::move(key), std::move(f)).first->second;
 }
 
@@ -299,7 +294,7 @@ int attn_split(int pairs, int K) {
 
 // q [1, HQ, 1, D], the joint cache [1, 2 HK, cap, D] (positions 0..n-1
 // read, n = pos[0] + 1), w [N, HQ * D] -> {y [1, N], attention [1, HQ * D]}.
-// Shapes were checked by the caller (gpu_attn_o, check_attn).
+// Shapes were checked by the caller (gpu_attn_o, attn_rows).
 std::vector<mx::array> launch_attn(const mx::array& q, const mx::array& cache, const mx::array& pos,
                                    const mx::array& w, const mx::array* bias, float scale, const mx::Stream& s,
                                    int S = 0) {
@@ -865,7 +860,8 @@ rust::String gpu_attn_o_check(uint8_t dtype_code, int32_t heads, int32_t kv_head
                               bool has_bias, float scale) {
   const mx::Dtype dt = dtype_of(dtype_code);
   const mx::Stream s = mx::default_stream(mx::default_device());
-  if (!ready(dt, s) || !attn_wanted()) return rust::String("not available on this device");
+  if (!ready(dt, s)) return rust::String("not available on this device");
+  if (!attn_wanted()) return rust::String("turned off by CIDER_GPU_ATTN=0");
   if (std::string why = attn_shape_error(heads, kv_heads, head_dim, n); !why.empty())
     return rust::String("shapes the attention kernel does not take: " + why);
   return rust::String(attn_checked(dt, heads, kv_heads, head_dim, n, has_bias, scale, s));
@@ -898,7 +894,8 @@ std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Arra
     bad("position " + std::to_string(pos_value) + " outside the cache's " + std::to_string(c.shape(2)) +
         " slots or past the kernel's " + std::to_string(ATTN_TMAX));
   const mx::Stream s = mx::default_stream(mx::default_device());
-  if (!ready(dt, s) || !attn_wanted()) bad("not available on this device");
+  if (!ready(dt, s)) bad("not available on this device");
+  if (!attn_wanted()) bad("turned off by CIDER_GPU_ATTN=0");
   const std::string& why = attn_checked(dt, HQ, HK, D, N, has_bias, scale, s);
   if (!why.empty()) bad("failed its check against MLX's ops: " + why);
   return std::make_unique<Array>(launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, scale, s)[0]);

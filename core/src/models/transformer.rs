@@ -406,7 +406,14 @@ impl Transformer {
             };
             let Linear::Dense { weight: wgu, bias: bgu, .. } = gate_up else { unreachable!("checked by `fusable` at load") };
             let n = &layer.input_norm;
-            let o_rows = |o: &Array| a.o_proj.forward(&o.reshape(&[1, hq * d])?);
+            // MLX's attention and o projection. The attention reads the
+            // cache after this step's write: the next write (and any copy of
+            // the buffer) waits for it.
+            let attend = |q: &Array, k: &Array, v: &Array, cache: &mut Box<dyn KvCache>| -> Result<Array> {
+                let o = Array::sdpa(q, k, v, a.scale, &Mask::None)?;
+                cache.joint_written(&o);
+                a.o_proj.forward(&o.reshape(&[1, hq * d])?)
+            };
             let (h1, r) = match cache.joint_slot(hk, d, h.dtype())? {
                 // Keys and values go straight into the cache: no slice
                 // update, and q, k and v need no slicing out of one output.
@@ -426,20 +433,13 @@ impl Transformer {
                     } else {
                         let t = p + 1;
                         let (k, v) = (buf.slice(&[0, 0, 0, 0], &[1, hk, t, d])?, buf.slice(&[0, hk, 0, 0], &[1, 2 * hk, t, d])?);
-                        let o = Array::sdpa(&q, &k, &v, a.scale, &Mask::None)?;
-                        // The attention read the buffer after this step's
-                        // write: the next write (and any copy of the buffer)
-                        // waits for it.
-                        cache.joint_written(&o);
-                        (h1, o_rows(&o)?)
+                        (h1, attend(&q, &k, &v, cache)?)
                     }
                 }
                 None => {
                     let (h1, qkv) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, None)?;
                     let (k, v) = cache.update_and_fetch(&qkv.slice_axis(1, hq, hq + hk)?, &qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)?;
-                    let o = Array::sdpa(&qkv.slice_axis(1, 0, hq)?, &k, &v, a.scale, &Mask::None)?;
-                    cache.joint_written(&o);
-                    (h1, o_rows(&o)?)
+                    (h1, attend(&qkv.slice_axis(1, 0, hq)?, &k, &v, cache)?)
                 }
             };
             let n = &layer.post_norm;
