@@ -279,7 +279,7 @@ const mx::array& attn_scratch(const mx::Stream& s) {
   std::lock_guard<std::mutex> lock(m);
   auto it = by_stream.find(s.index);
   if (it != by_stream.end()) return it->second;
-  auto z = mx::zeros({2 * ATTN_MAX_HEADS + 1}, mx::uint32, s);
+  auto z = mx::zeros({ATTN_MAX_HEADS + 2}, mx::uint32, s);
   mx::eval(z);
   return by_stream.emplace(s.index, z).first->second;
 }
