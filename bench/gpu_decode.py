@@ -4,8 +4,8 @@ and per split S (warps per row pair), by device time under Nsight Compute.
 Runs the same CUDA text the shim compiles, through mx.fast.cuda_kernel, on
 Llama-3.2-1B's decode shapes: the norm kernel (q/k/v with RoPE, gate/up
 with SwiGLU), the attention + o projection kernel (checked against MLX's
-sdpa + matmul at 1 to 1024 positions, printed; --attn-only runs just it)
-and greedy sampling; MLX's reference is its one-row matmul (without the
+sdpa + matmul at 1 to 1024 positions, printed; --attn-only runs just it),
+the down projection (gemv) and greedy sampling; MLX's reference is its one-row matmul (without the
 norm and epilogue the kernel also does), its sdpa + matmul and, for
 sampling, logsumexp + subtract + argmax.
 Each variant runs 3 times between marker kernels (sine, cosine) that the table
@@ -51,7 +51,11 @@ def main():
     ap.add_argument("--once", action="store_true")
     ap.add_argument("--from-ncu", default="")
     ap.add_argument("--attn-only", action="store_true", help="only the attention + o projection kernel")
+    ap.add_argument("--parts", default="qkv,gate_up,down,attn,greedy", help="which kernels (comma list)")
     a = ap.parse_args()
+    parts = set(a.parts.split(","))
+    if a.attn_only:
+        parts = {"attn"}
     if a.from_ncu:
         return table(a.from_ncu)
     import mlx.core as mx
@@ -77,7 +81,7 @@ def main():
     g = mx.ones((2048,), dt)
     pos = mx.arange(100, 104, dtype=mx.int32)
     freqs = mx.ones((32,), mx.float32)
-    for name, kind, N, K in [] if a.attn_only else SHAPES:
+    for name, kind, N, K in [sh for sh in SHAPES if sh[0] in parts]:
         w = (mx.random.normal((N, K)) * 0.02).astype(dt)
         x = mx.random.normal((1, K)).astype(dt)
         mx.eval(w, x, h, dl, g, pos, freqs)
@@ -97,8 +101,11 @@ def main():
                           ("IF", IF)])[1]
             mx.eval(f())
             group(f"{name} cider S={S} in-flight={IF} blocks={blocks}", f)
-    attn_o(mx, dt, HEADER, CALLS, group)
-    if a.attn_only:
+    if "down" in parts:
+        down(mx, dt, HEADER, CALLS, group)
+    if "attn" in parts:
+        attn_o(mx, dt, HEADER, CALLS, group)
+    if "greedy" not in parts:
         json.dump(labels, open(LABELS, "w"))
         return
     logits = (mx.random.normal((1, 128256)) * 4).astype(dt)
@@ -115,6 +122,26 @@ def main():
     group(f"greedy cider same={same}", ours)
     json.dump(labels, open(LABELS, "w"))
     print(f"{len(labels)} groups; labels in {LABELS}", flush=True)
+
+
+def down(mx, dt, header, calls, group):
+    """The MLP's down projection (Llama-3.2-1B: 2048 x 8192), cider's gemv
+    per split against MLX's one-row matmul; largest difference printed."""
+    N, K = 2048, 8192
+    kern = mx.fast.cuda_kernel("cider_gemv", ["x", "w", "bias"], ["y"], calls["kCiderGemvCall"], header=header)
+    w = (mx.random.normal((N, K)) * 0.02).astype(dt)
+    x = mx.random.normal((1, K)).astype(dt)
+    mx.eval(w, x)
+    ref = mx.matmul(x, w.T)
+    group("down MLX matmul", lambda: mx.matmul(x, w.T))
+    for S, IF in [(1, 4), (2, 4), (4, 4), (8, 4), (2, 8), (4, 2)]:
+        blocks = (N // 2 + 8 // S - 1) // (8 // S)
+        f = lambda S=S, IF=IF, blocks=blocks: kern(
+            inputs=[x, w, w], output_shapes=[(1, N)], output_dtypes=[dt], grid=(256 * blocks, 1, 1),
+            threadgroup=(256, 1, 1), template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("IF", IF)])[0]
+        e = mx.abs(f().astype(mx.float32) - ref.astype(mx.float32)).max().item()
+        print(f"down S={S} IF={IF}: |diff| {e:.3g} of {mx.abs(ref).max().item():.3g}", flush=True)
+        group(f"down cider S={S} in-flight={IF} blocks={blocks}", f)
 
 
 def attn_o(mx, dt, header, calls, group):

@@ -17,7 +17,7 @@ import re
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
+SRC = open(os.environ.get("CIDER_DEC_SRC") or os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
 (DEVICE,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
 CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
 
@@ -66,6 +66,9 @@ def variants():
                    [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", S == 2), ("D", D), ("HQ", HQ), ("HK", HK),
                     ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4)],
                    CALLS["kCiderAttnOCall"])
+        for K, N, S, bias in ((8192, 2048, 2, False), (4864, 896, 4, True), (8200, 2048, 1, False)):
+            yield (f"gemv_{t}_K{K}_S{S}", [("x", T), ("w", T), ("bias", T)], [("y", T)],
+                   [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", bias), ("IF", 4)], CALLS["kCiderGemvCall"])
         for V, NB in ((128256, 62), (1003, 1), (40003, 19)):
             yield (f"greedy_{t}_V{V}", [("x", T), ("scratch", "uint32_t"), ("prev", "uint32_t")], [("y", "uint32_t")],
                    [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])

@@ -59,6 +59,13 @@ __device__ __forceinline__ void ld2(uint4& a, uint4& b, const T* w0, const T* w1
     b = __ldcs(reinterpret_cast<const uint4*>(w1 + k));
   }
 }
+// 8 values of T (one 16-byte word) as floats.
+template <typename T>
+__device__ __forceinline__ void widen8(const uint4 v, float4& x0, float4& x1) {
+  const T* e = reinterpret_cast<const T*>(&v);
+  x0 = make_float4(static_cast<float>(e[0]), static_cast<float>(e[1]), static_cast<float>(e[2]), static_cast<float>(e[3]));
+  x1 = make_float4(static_cast<float>(e[4]), static_cast<float>(e[5]), static_cast<float>(e[6]), static_cast<float>(e[7]));
+}
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -258,7 +265,46 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
   store(r0, t0);
   store(r1, t1);
 }
-
+// y [N] = w [N, K] . x [K] (+ bias), each output rounded to T as MLX's
+// gemv rounds it: the MLP's down projection, where MLX's gemv reads its
+// 33.5 MB (Llama-3.2-1B) at about 2.1 TB/s on an H100 against 2.7 for the
+// gate/up kernel. Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes
+// to shared memory once per block, behind the first weight loads.
+template <typename T, int K, int N, int S, bool BIAS, int IF>
+__device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y) {
+  constexpr int WARPS = 8, TH = 32 * WARPS;
+  constexpr int C = (K + 255) / 256;
+  constexpr int CW = (C + S - 1) / S;
+  constexpr int CB = CW < IF ? CW : IF;
+  constexpr int PB = WARPS / S;
+  constexpr int P = N / 2;
+  static_assert(K % 8 == 0 && N % 2 == 0, "gemv shapes");
+  __shared__ __align__(16) T xs[K];
+  __shared__ float part_sum[WARPS][2];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
+  const bool live = pair < P;
+  const int r0 = 2 * pair, r1 = r0 + 1;
+  const T* w0 = w + size_t(live ? r0 : 0) * K;
+  const T* w1 = w + size_t(live ? r1 : 0) * K;
+  uint4 a[CB], b[CB];
+#pragma unroll
+  for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+  for (int i = tid; i < K / 8; i += TH) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
+  __syncthreads();
+  float acc0, acc1;
+  auto from_shared = [&](int k, float4& x0, float4& x1) {
+    widen8<T>(*reinterpret_cast<const uint4*>(xs + k), x0, x1);
+  };
+  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_shared, part_sum, acc0, acc1)) return;
+  if (!live || lane != 0) return;
+  if (BIAS) {
+    acc0 += static_cast<float>(bias[r0]);
+    acc1 += static_cast<float>(bias[r1]);
+  }
+  y[r0] = static_cast<T>(acc0);
+  y[r1] = static_cast<T>(acc1);
+}
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
 // index of the largest T(x - T(logsumexp(x))), what MLX's logsumexp,
 // subtract and argmax give (mlx-lm samples from log-probabilities, and
@@ -452,6 +498,80 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
   return v;
 }
+// Units of work that other blocks of the kernel wait for (the attention
+// kernel's heads) are claimed (claim[u] 0 -> 1) and counted when done. A block given a first unit starts it at
+// once and learns whether its claim won only when done: a unit is computed
+// the same way by whichever block runs it (the same instructions on the
+// same inputs), so a block that lost the claim wrote the same bytes, and
+// only the winner counts the unit. Counting: a barrier (run() ends with
+// one), then one thread's fence and atomic add, as cooperative groups' grid
+// sync publishes a block's writes; the waiters' acquire loads pair with it.
+// With `wait`, the block then waits until all `units` are counted; one that
+// has waited a while (64 polls by one thread) runs a unit nobody has
+// claimed (from `start` on, so waiting blocks spread out), so no block
+// waits on one that may not have started: the kernel finishes whatever
+// order or number of blocks the GPU runs at once. run() has one call site
+// (two inlined copies of a unit's code cost registers: 64 -> 99 in a trial).
+// Every thread of the block calls this.
+template <typename R>
+__device__ __forceinline__ void run_wait_steal(unsigned* claim, unsigned* count, int units, int first, bool wait,
+                                               int start, R run) {
+  __shared__ int s_done, s_free, s_won;
+  const int tid = threadIdx.x;
+  int u = first;
+  if (u >= 0 && tid == 0) s_won = atomicCAS(claim + u, 0u, 1u) == 0u;
+  for (;;) {
+    if (u >= 0) {
+      run(u);
+      if (tid == 0 && s_won) {
+        __threadfence();
+        atomicAdd(count, 1u);
+      }
+      u = -1;
+    }
+    if (!wait) return;
+    if (tid == 0) {
+      unsigned c = ld_acquire(count);
+      // (Sleeps longer while many units remain: hundreds of blocks polling
+      // one word slow the atomic adds on it.)
+      for (int i = 0; c < unsigned(units) && i < 64; i++) {
+        __nanosleep(min(1024u, 16u * (unsigned(units) - c)));
+        c = ld_acquire(count);
+      }
+      s_done = c >= unsigned(units);
+      s_free = units;
+    }
+    __syncthreads();
+    if (s_done) return;
+    for (int i = tid; i < units; i += blockDim.x)
+      if (ld_acquire(claim + i) == 0u) atomicMin(&s_free, (i - start % units + units) % units);
+    __syncthreads();
+    if (s_free < units) {
+      u = (s_free + start) % units;
+      if (tid == 0) s_won = atomicCAS(claim + u, 0u, 1u) == 0u;
+      __syncthreads();
+      if (!s_won) u = -1;
+    }
+    __syncthreads();
+  }
+}
+// The last block out zeroes the scratch's first `words` words for the next
+// call, after every block's scratch operations: a block's exit count comes
+// after them (its acquire loads order a waiting block's; `fence` orders a
+// block that only counted its unit). Warp 0 only, so no barrier holds the
+// rest of the block.
+__device__ __forceinline__ void exit_reset(unsigned* scratch, unsigned* exits, int words, bool fence) {
+  if (threadIdx.x >= 32) return;
+  unsigned last = 0;
+  if (threadIdx.x == 0) {
+    if (fence) __threadfence();
+    last = atomicAdd(exits, 1u) == gridDim.x - 1;
+  }
+  if (__shfl_sync(0xffffffffu, last, 0)) {
+    __threadfence();
+    for (int i = threadIdx.x; i < words; i += 32) scratch[i] = 0u;
+  }
+}
 template <typename T, int D, int HQ, int HK, int TMAX>
 __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cache, int cap, int n, float scale_log2,
                                                T* att, float* sc, float* red, float* red2) {
@@ -581,68 +701,16 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
 
   const int n = min(pos[0] + 1, min(TMAX, cap));
   const float scale_log2 = __int_as_float(SCALE_LOG2);
-  // Heads are claimed (claim[h] 0 -> 1) and counted when done; blocks wait
-  // for the count. Block b < HQ starts head b at once and learns whether
-  // its claim won only when done: a head is computed the same way by
-  // whichever block runs it (the same instructions on the same inputs), so
-  // a block that lost the claim wrote the same bytes, and only the winner
-  // counts the head. A block that has waited a while runs any head nobody
-  // has claimed (one thread polls the count; the claims are read only
-  // then), so no block waits on one that may not have started.
-  __shared__ int s_done, s_free;
-  int hd = blockIdx.x < HQ ? int(blockIdx.x) : -1;
-  unsigned won = 0;
-  if (hd >= 0 && tid == 0) won = atomicCAS(claim + hd, 0u, 1u) == 0u;
-  for (;;) {
-    if (hd >= 0) {
-      head_attention<T, D, HQ, HK, TMAX>(hd, q, cache, cap, n, scale_log2, att, sc, red, red2);
-      if (tid == 0 && won) {
-        __threadfence();
-        atomicAdd(count, 1u);
-      }
-      hd = -1;
-    }
-    if (tid == 0) {
-      unsigned c = ld_acquire(count);
-      for (int i = 0; c < HQ && i < 64; i++) {
-        __nanosleep(32);
-        c = ld_acquire(count);
-      }
-      s_done = c >= HQ;
-      s_free = HQ;
-    }
-    __syncthreads();
-    if (s_done) break;
-    if (tid < HQ && ld_acquire(claim + tid) == 0u) atomicMin(&s_free, (tid - int(blockIdx.x) % HQ + HQ) % HQ);
-    __syncthreads();
-    if (s_free < HQ) {
-      hd = (s_free + int(blockIdx.x) % HQ) % HQ;
-      won = 0;
-      if (tid == 0) s_done = won = atomicCAS(claim + hd, 0u, 1u) == 0u;  // s_done: reused as "won"
-      __syncthreads();
-      if (!s_done) hd = -1;
-    }
-    __syncthreads();
-  }
-  if (tid == 0) {
-    // Past every wait (its acquire loads keep this add after them): the
-    // last block out resets the scratch for the next call.
-    if (atomicAdd(exits, 1u) == gridDim.x - 1) {
-      __threadfence();  // every block's scratch operations come before the reset
-      for (int i = 0; i < HQ + 2; i++) scratch[i] = 0u;
-      __threadfence();
-    }
-  }
+  // Heads are the units other blocks wait for (run_wait_steal).
+  run_wait_steal(claim, count, HQ, blockIdx.x < HQ ? int(blockIdx.x) : -1, true, blockIdx.x, [&](int hd) {
+    head_attention<T, D, HQ, HK, TMAX>(hd, q, cache, cap, n, scale_log2, att, sc, red, red2);
+  });
+  exit_reset(scratch, exits, HQ + 2, false);
 
   // The heads' outputs through L2 (written by other blocks in this kernel).
   float acc0, acc1;
   auto from_att = [&](int k, float4& x0, float4& x1) {
-    const uint4 xv = __ldcg(reinterpret_cast<const uint4*>(att + k));
-    const T* xe = reinterpret_cast<const T*>(&xv);
-    x0 = make_float4(static_cast<float>(xe[0]), static_cast<float>(xe[1]), static_cast<float>(xe[2]),
-                     static_cast<float>(xe[3]));
-    x1 = make_float4(static_cast<float>(xe[4]), static_cast<float>(xe[5]), static_cast<float>(xe[6]),
-                     static_cast<float>(xe[7]));
+    widen8<T>(__ldcg(reinterpret_cast<const uint4*>(att + k)), x0, x1);
   };
   if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_att, part_sum, acc0, acc1)) return;
   if (!live || lane != 0) return;
@@ -653,6 +721,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   y[r0] = static_cast<T>(acc0);
   y[r1] = static_cast<T>(acc1);
 }
+
 }  // namespace cider_dec
 )CUDA";
 
@@ -668,6 +737,7 @@ inline constexpr const char* kCiderNormKvCall =
     "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
     "const_cast<T*>(cache), cache_shape[2], hout, q);";
+inline constexpr const char* kCiderGemvCall = "cider_dec::gemv<T, K, N, S, BIAS, IF>(x, w, bias, y);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
 inline constexpr const char* kCiderAttnOCall =
     "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF>"
