@@ -155,7 +155,7 @@ def attn_o(mx, dt, header, calls, group):
     cap = 1280
     cache = (mx.random.normal((1, 2 * HK, cap, D))).astype(dt)
     w = (mx.random.normal((N, K)) * 0.02).astype(dt)
-    scratch = mx.zeros((2 * HQ + 2,), mx.uint32)
+    scratch = mx.zeros((2 + 128 + 128 * 4 * (1 + 128 + 2),), mx.uint32)  # attn_o's layout
     mx.eval(cache, w, scratch)
     worst = 0.0
     for n in (1, 2, 37, 128, 384, 1024, 384, 1):

@@ -262,10 +262,14 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
 
 // The attention + o projection kernel (attn_o in gpu_decode_src.h): at
 // most ATTN_TMAX positions (its scores live in shared memory), heads of 64
-// or 128, at most ATTN_MAX_HEADS query heads (its scratch has a claim per
-// head, the count of heads done and the exit counter).
+// or 128, at most ATTN_MAX_HEADS query heads (MAXH in attn_o). Its
+// scratch (layout in attn_o): the count of units done, the exit counter,
+// slices done per head, a claim per unit (a head's slice of the positions,
+// at most ATTN_SLICES a head), then each slice's max, sum and output.
 constexpr int ATTN_TMAX = 2048;
 constexpr int ATTN_MAX_HEADS = 128;
+constexpr int ATTN_SLICES = 4;  // MS in attn_o
+constexpr int ATTN_SCRATCH_WORDS = ATTN_MAX_HEADS * ATTN_SLICES + 2 + ATTN_MAX_HEADS + ATTN_MAX_HEADS * ATTN_SLICES * (128 + 2);
 
 // One scratch per stream, zero between calls (the last block out resets
 // it). Calls on one scratch must not overlap: MLX gives each thread its own
@@ -279,7 +283,7 @@ const mx::array& attn_scratch(const mx::Stream& s) {
   std::lock_guard<std::mutex> lock(m);
   auto it = by_stream.find(s.index);
   if (it != by_stream.end()) return it->second;
-  auto z = mx::zeros({ATTN_MAX_HEADS + 2}, mx::uint32, s);
+  auto z = mx::zeros({ATTN_SCRATCH_WORDS}, mx::uint32, s);
   mx::eval(z);
   return by_stream.emplace(s.index, z).first->second;
 }
@@ -511,9 +515,11 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
     if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
   }
   // Attention + o projection: heads of 128 with a bias and 4 query heads a
-  // KV head; no grouping, heads of 64 and 8 warps a pair; more heads than
-  // blocks (a grid of 2 blocks for 8 heads: heads are taken by waiting
-  // blocks); the longest context the kernel takes, and 1 position.
+  // KV head; no grouping, heads of 64 and 8 warps a pair; more units than
+  // blocks (a grid of 2 blocks for 8 heads in 2 slices of 200 positions:
+  // units are taken by waiting blocks); the longest context the kernel
+  // takes (4 slices), and 1 position. Cases of other head counts run in
+  // between on one scratch (its layout must not depend on the shape).
   struct AttnCase {
     int HQ, HK, D, N;
     bool bias;
@@ -522,7 +528,7 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
   };
   const AttnCase attn_cases[] = {{8, 2, 128, 96, true, {1, 37, 300, 37}, 1},
                                  {4, 4, 64, 256, false, {5, 260}, 8},
-                                 {8, 8, 64, 32, false, {100, 1}, 1},
+                                 {8, 8, 64, 32, false, {400, 1}, 1},
                                  {4, 1, 64, 512, true, {ATTN_TMAX, 1}, 2}};
   for (const AttnCase& c : attn_cases)
     if (std::string why = attn_rows(dt, c.HQ, c.HK, c.D, c.N, c.bias, 0.125f, c.ns, c.S, s); !why.empty()) return why;
@@ -711,7 +717,7 @@ const std::string& greedy_checked(mx::Dtype dt, int V, const mx::Stream& s) {
 const std::string& attn_checked(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, float scale,
                                 const mx::Stream& s) {
   return checked(attn_checks, std::make_tuple(int(dt.val()), HQ, HK, D, N, bias, float_bits(scale)), [&] {
-    return attn_rows(dt, HQ, HK, D, N, bias, scale, {1, 37, 300, ATTN_TMAX}, attn_split(N / 2, HQ * D), s);
+    return attn_rows(dt, HQ, HK, D, N, bias, scale, {1, 37, 300, 400, ATTN_TMAX}, attn_split(N / 2, HQ * D), s);
   });
 }
 

@@ -268,7 +268,8 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // y [N] = w [N, K] . x [K] (+ bias), each output rounded to T as MLX's
 // gemv rounds it: the MLP's down projection, where MLX's gemv reads its
 // 33.5 MB (Llama-3.2-1B) at about 2.1 TB/s on an H100 against 2.7 for the
-// gate/up kernel. Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes
+// gate/up kernel (so far run only by bench/gpu_decode.py: 15.3 against
+// 16.3 us there). Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes
 // to shared memory once per block, behind the first weight loads.
 template <typename T, int K, int N, int S, bool BIAS, int IF>
 __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y) {
@@ -522,7 +523,7 @@ __device__ __forceinline__ void run_wait_steal(unsigned* claim, unsigned* count,
   if (u >= 0 && tid == 0) s_won = atomicCAS(claim + u, 0u, 1u) == 0u;
   for (;;) {
     if (u >= 0) {
-      run(u);
+      run(u, tid == 0 && s_won);  // (whether this block's claim won: thread 0 knows)
       if (tid == 0 && s_won) {
         __threadfence();
         atomicAdd(count, 1u);
@@ -573,13 +574,16 @@ __device__ __forceinline__ void exit_reset(unsigned* scratch, unsigned* exits, i
   }
 }
 template <typename T, int D, int HQ, int HK, int TMAX>
-__device__ __forceinline__ void head_attention(int hd, const T* q, const T* cache, int cap, int n, float scale_log2,
-                                               T* att, float* sc, float* red, float* red2) {
+__device__ __forceinline__ void head_attention(int hd, const T* q, const T* cache, int cap, int t0, int t1,
+                                               float scale_log2, T* att, float* part, float* sc, float* red,
+                                               float* red2) {
   constexpr int TH = 256, WARPS = 8, VPL = D / 32;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kv = hd / (HQ / HK);
-  const T* kb = cache + size_t(kv) * cap * D;
-  const T* vb = cache + size_t(HK + kv) * cap * D;
+  // Positions t0..t1-1 (of the whole cache) as 0..n-1 here.
+  const int n = t1 - t0;
+  const T* kb = cache + (size_t(kv) * cap + t0) * D;
+  const T* vb = cache + (size_t(HK + kv) * cap + t0) * D;
   // Every key and value row is on its way to L2 first (prefetches hold no
   // registers).
   for (int t = tid; t < n; t += TH) {
@@ -663,8 +667,17 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
     float a = 0.f;
 #pragma unroll
     for (int i = 0; i < WARPS; i++) a += red[i * D + tid];
-    const float r = tot == 0.f ? 0.f : __frcp_rn(tot);
-    att[hd * D + tid] = static_cast<T>(a * r);
+    if (part) {
+      // A slice of the positions: its max, sum and unnormalised output.
+      if (tid == 0) {
+        part[0] = m;
+        part[1] = tot;
+      }
+      part[2 + tid] = a;
+    } else {
+      const float r = tot == 0.f ? 0.f : __frcp_rn(tot);
+      att[hd * D + tid] = static_cast<T>(a * r);
+    }
   }
   // (Published by the caller: this barrier, then one thread's fence and
   // atomic add, as cooperative groups' grid sync publishes a block's writes.)
@@ -685,10 +698,24 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   __shared__ float red[WARPS * D];
   __shared__ float red2[WARPS];
   __shared__ float part_sum[WARPS][2];
+  // Long contexts split each head's positions over up to MS blocks (one
+  // block reads a head's keys and values at a few hundred GB/s: on an H100
+  // the kernel took 23.6 us at 1024 positions, 15.5 in 4 slices), each
+  // slice written as its max, sum and unnormalised output; the last slice
+  // of a head to finish (counted in head_done) combines them. Combining
+  // costs about 2 us (13.2 against 11.1 at 128 positions in 2 slices), so
+  // slices hold at least PER positions.
+  // The scratch's layout is the same for every shape (one scratch serves
+  // every model a thread runs; what a call counts in it, it zeroes).
+  constexpr int MS = 4, PER = 160;  // at most MS slices, of at least PER positions
+  constexpr int MAXH = 128;        // heads the scratch has room for
+  static_assert(HQ <= MAXH, "attn_o heads");
   unsigned* scratch = const_cast<unsigned*>(scratch_in);
-  unsigned* claim = scratch;
-  unsigned* count = scratch + HQ;  // heads done
-  unsigned* exits = scratch + HQ + 1;
+  unsigned* count = scratch;          // units done
+  unsigned* exits = scratch + 1;
+  unsigned* head_done = scratch + 2;  // [MAXH]: slices done
+  unsigned* claim = head_done + MAXH; // [MAXH * MS]: units (head, slice)
+  float* parts = reinterpret_cast<float*>(claim + MAXH * MS);  // [MAXH * MS][D + 2]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
   const bool live = pair < P;
@@ -700,12 +727,42 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
 
   const int n = min(pos[0] + 1, min(TMAX, cap));
+  const int slices = max(1, min(MS, n / PER)), per = (n + slices - 1) / slices;
+  const int units = HQ * slices;  // unit u: head u % HQ, slice u / HQ
   const float scale_log2 = __int_as_float(SCALE_LOG2);
-  // Heads are the units other blocks wait for (run_wait_steal).
-  run_wait_steal(claim, count, HQ, blockIdx.x < HQ ? int(blockIdx.x) : -1, true, blockIdx.x, [&](int hd) {
-    head_attention<T, D, HQ, HK, TMAX>(hd, q, cache, cap, n, scale_log2, att, sc, red, red2);
+  __shared__ int s_last;
+  // The units other blocks wait for (run_wait_steal).
+  run_wait_steal(claim, count, units, int(blockIdx.x) < units ? int(blockIdx.x) : -1, true, blockIdx.x,
+                 [&](int u, bool won) {
+    const int hd = u % HQ, sl = u / HQ;
+    float* part = slices > 1 ? parts + size_t(hd * MS + sl) * (D + 2) : nullptr;
+    head_attention<T, D, HQ, HK, TMAX>(hd, q, cache, cap, sl * per, min(n, sl * per + per), scale_log2, att, part,
+                                       sc, red, red2);
+    if (slices == 1) return;
+    if (tid == 0) {
+      s_last = 0;
+      if (won) {
+        __threadfence();  // this slice's writes before its count
+        s_last = atomicAdd(head_done + hd, 1u) == unsigned(slices - 1);
+        if (s_last) __threadfence();
+      }
+    }
+    __syncthreads();
+    if (s_last && tid < D) {
+      // softmax over all positions = each slice's scaled by 2^(m_s - M).
+      const float* ph = parts + size_t(hd * MS) * (D + 2);
+      float M = -3.402823466e38f, L = 0.f, O = 0.f;
+      for (int i = 0; i < slices; i++) M = fmaxf(M, __ldcg(ph + i * (D + 2)));
+      for (int i = 0; i < slices; i++) {
+        const float f = exp2f(__ldcg(ph + i * (D + 2)) - M);
+        L += __ldcg(ph + i * (D + 2) + 1) * f;
+        O += __ldcg(ph + i * (D + 2) + 2 + tid) * f;
+      }
+      att[hd * D + tid] = static_cast<T>(O * (L == 0.f ? 0.f : __frcp_rn(L)));
+    }
+    __syncthreads();
   });
-  exit_reset(scratch, exits, HQ + 2, false);
+  exit_reset(scratch, exits, 2 + MAXH + units, false);
 
   // The heads' outputs through L2 (written by other blocks in this kernel).
   float acc0, acc1;
