@@ -5,9 +5,10 @@ Runs the same CUDA text the shim compiles, through mx.fast.cuda_kernel, on
 Llama-3.2-1B's decode shapes: the norm kernel (q/k/v with RoPE, gate/up
 with SwiGLU), the attention + o projection kernel (checked against MLX's
 sdpa + matmul at 1 to 1024 positions, printed; --attn-only runs just it),
-the down projection (gemv) and greedy sampling; MLX's reference is its one-row matmul (without the
-norm and epilogue the kernel also does), its sdpa + matmul and, for
-sampling, logsumexp + subtract + argmax.
+the down projection (gemv) and greedy sampling (--parts picks some); MLX's
+reference is its one-row matmul (without the norm and epilogue the kernel
+also does), its sdpa + matmul and, for sampling, logsumexp + subtract +
+argmax.
 Each variant runs 3 times between marker kernels (sine, cosine) that the table
 uses to tell the groups apart; --cache-control all makes every call read
 its weights from DRAM, as a decode step does (a layer's weights are read
@@ -155,7 +156,8 @@ def attn_o(mx, dt, header, calls, group):
     cap = 1280
     cache = (mx.random.normal((1, 2 * HK, cap, D))).astype(dt)
     w = (mx.random.normal((N, K)) * 0.02).astype(dt)
-    scratch = mx.zeros((2 + 128 + 128 * 4 * (1 + 128 + 2),), mx.uint32)  # attn_o's layout
+    MAXH, MS = 128, 4  # the scratch's room: heads of up to 128, slices a head
+    scratch = mx.zeros((2 + MAXH + MAXH * MS * (1 + 128 + 2),), mx.uint32)  # attn_o's layout
     mx.eval(cache, w, scratch)
     worst = 0.0
     for n in (1, 2, 37, 128, 384, 1024, 384, 1):
@@ -170,7 +172,8 @@ def attn_o(mx, dt, header, calls, group):
                 inputs=[q, cache, pos, w, w, scratch], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
                 grid=(256 * blocks, 1, 1), threadgroup=(256, 1, 1),
                 template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("D", D), ("HQ", HQ), ("HK", HK),
-                          ("TMAX", 2048), ("SCALE_LOG2", fbits(scale * 1.4426950408889634)), ("IF", 4)])
+                          ("TMAX", 2048), ("SCALE_LOG2", fbits(scale * 1.4426950408889634)), ("IF", 4),
+                          ("MAXH", MAXH), ("MS", MS)])
             for rep in range(3):
                 y, att = f()
                 ea = mx.abs(att.astype(mx.float32) - ref_att.reshape(1, K).astype(mx.float32)).max().item()

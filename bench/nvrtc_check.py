@@ -64,7 +64,8 @@ def variants():
                    [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t")],
                    [("y", T), ("att", T)],
                    [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", S == 2), ("D", D), ("HQ", HQ), ("HK", HK),
-                    ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4)],
+                    ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4),
+                    ("MAXH", 128), ("MS", 4)],
                    CALLS["kCiderAttnOCall"])
         for K, N, S, bias in ((8192, 2048, 2, False), (4864, 896, 4, True), (8200, 2048, 1, False)):
             yield (f"gemv_{t}_K{K}_S{S}", [("x", T), ("w", T), ("bias", T)], [("y", T)],

@@ -262,14 +262,14 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
 
 // The attention + o projection kernel (attn_o in gpu_decode_src.h): at
 // most ATTN_TMAX positions (its scores live in shared memory), heads of 64
-// or 128, at most ATTN_MAX_HEADS query heads (MAXH in attn_o). Its
-// scratch (layout in attn_o): the count of units done, the exit counter,
-// slices done per head, a claim per unit (a head's slice of the positions,
-// at most ATTN_SLICES a head), then each slice's max, sum and output.
+// or 128, at most ATTN_MAX_HEADS query heads (the kernel's MAXH), each in
+// at most ATTN_SLICES slices of its positions (MS). Its scratch (layout in
+// attn_o): the count of units done, the exit counter, slices done per head,
+// a claim per unit (a head's slice), then each slice's max, sum and output.
 constexpr int ATTN_TMAX = 2048;
 constexpr int ATTN_MAX_HEADS = 128;
-constexpr int ATTN_SLICES = 4;  // MS in attn_o
-constexpr int ATTN_SCRATCH_WORDS = ATTN_MAX_HEADS * ATTN_SLICES + 2 + ATTN_MAX_HEADS + ATTN_MAX_HEADS * ATTN_SLICES * (128 + 2);
+constexpr int ATTN_SLICES = 4;
+constexpr int ATTN_SCRATCH_WORDS = 2 + ATTN_MAX_HEADS + ATTN_MAX_HEADS * ATTN_SLICES * (1 + 128 + 2);
 
 // One scratch per stream, zero between calls (the last block out resets
 // it). Calls on one scratch must not overlap: MLX gives each thread its own
@@ -307,7 +307,8 @@ std::vector<mx::array> launch_attn(const mx::array& q, const mx::array& cache, c
   keep_header_file();
   const float scale_log2 = float(double(scale) * 1.4426950408889634);  // as MLX's kernel forms it
   const TArgs targs{{"T", q.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"D", D}, {"HQ", HQ},
-                    {"HK", HK}, {"TMAX", ATTN_TMAX}, {"SCALE_LOG2", float_bits(scale_log2)}, {"IF", IN_FLIGHT}};
+                    {"HK", HK}, {"TMAX", ATTN_TMAX}, {"SCALE_LOG2", float_bits(scale_log2)}, {"IF", IN_FLIGHT},
+                    {"MAXH", ATTN_MAX_HEADS}, {"MS", ATTN_SLICES}};
   return kernel(Kind::AttnO, targs)(
       {q, cache, pos, w, bias ? *bias : w, attn_scratch(s)}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
       {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {},
@@ -711,9 +712,9 @@ const std::string& greedy_checked(mx::Dtype dt, int V, const mx::Stream& s) {
   return checked(greedy_checks, std::make_pair(int(dt.val()), V), [&] { return check_greedy(dt, V, s); });
 }
 
-// A model's attention + o projection, checked at 1, 37 and 300 positions
-// (one, a partial round of scores, more than one round) and the longest
-// it takes.
+// A model's attention + o projection, checked at 1, 37, 300 and 400
+// positions (one, a partial round of scores, more than one round, two
+// slices) and the longest it takes (four slices).
 const std::string& attn_checked(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, float scale,
                                 const mx::Stream& s) {
   return checked(attn_checks, std::make_tuple(int(dt.val()), HQ, HK, D, N, bias, float_bits(scale)), [&] {

@@ -116,6 +116,41 @@ __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T
   }
   return true;
 }
+// A warp's share of the adjacent rows r0 = 2i, r0 + 1 of w [N, K] (S warps
+// a pair, PB = 8 / S pairs a block, each warp CW 256-wide chunks of K from
+// c0), with its first CB chunks of both rows in flight in a and b (for
+// pair_dot); store() then writes the pair's two sums (+ bias), rounded to
+// T, from lane 0 of its first warp.
+template <typename T, int K, int N, int S, int CW, int CB>
+struct RowPair {
+  int part, c0, r0;
+  bool live;
+  const T* w0;
+  const T* w1;
+  uint4 a[CB], b[CB];
+  __device__ __forceinline__ explicit RowPair(const T* w) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int pair = blockIdx.x * (8 / S) + warp / S;
+    part = warp % S;
+    c0 = part * CW;
+    live = pair < N / 2;
+    r0 = 2 * pair;
+    w0 = w + size_t(live ? r0 : 0) * K;
+    w1 = w + size_t(live ? r0 + 1 : 0) * K;
+#pragma unroll
+    for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+  }
+  template <bool BIAS>
+  __device__ __forceinline__ void store(float acc0, float acc1, const T* bias, T* y) const {
+    if (!live || (threadIdx.x & 31) != 0) return;
+    if (BIAS) {
+      acc0 += static_cast<float>(bias[r0]);
+      acc1 += static_cast<float>(bias[r0 + 1]);
+    }
+    y[r0] = static_cast<T>(acc0);
+    y[r0 + 1] = static_cast<T>(acc1);
+  }
+};
 
 // Inputs: h [K] (residual row), dl [K] (added to h when ADD), g [K] (norm
 // weight), w [N, K] (row-major), bias [N] (when BIAS), pos [1] int32 (RoPE
@@ -277,34 +312,20 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
   constexpr int C = (K + 255) / 256;
   constexpr int CW = (C + S - 1) / S;
   constexpr int CB = CW < IF ? CW : IF;
-  constexpr int PB = WARPS / S;
-  constexpr int P = N / 2;
   static_assert(K % 8 == 0 && N % 2 == 0, "gemv shapes");
   __shared__ __align__(16) T xs[K];
   __shared__ float part_sum[WARPS][2];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
-  const bool live = pair < P;
-  const int r0 = 2 * pair, r1 = r0 + 1;
-  const T* w0 = w + size_t(live ? r0 : 0) * K;
-  const T* w1 = w + size_t(live ? r1 : 0) * K;
-  uint4 a[CB], b[CB];
-#pragma unroll
-  for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+  RowPair<T, K, N, S, CW, CB> rp(w);
   for (int i = tid; i < K / 8; i += TH) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
   __syncthreads();
   float acc0, acc1;
   auto from_shared = [&](int k, float4& x0, float4& x1) {
     widen8<T>(*reinterpret_cast<const uint4*>(xs + k), x0, x1);
   };
-  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_shared, part_sum, acc0, acc1)) return;
-  if (!live || lane != 0) return;
-  if (BIAS) {
-    acc0 += static_cast<float>(bias[r0]);
-    acc1 += static_cast<float>(bias[r1]);
-  }
-  y[r0] = static_cast<T>(acc0);
-  y[r1] = static_cast<T>(acc1);
+  if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_shared, part_sum,
+                                acc0, acc1))
+    rp.store<BIAS>(acc0, acc1, bias, y);
 }
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
 // index of the largest T(x - T(logsumexp(x))), what MLX's logsumexp,
@@ -473,16 +494,14 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
 // scale * log2 e, output times the reciprocal of the sum, rounded to T), and
 // also written to att [HQ * D].
 // Blocks of 8 warps: each warp takes a row pair (S warps, each a slice of
-// K, as norm_gemv), and a whole block takes one head's attention (heads are
-// few: 32 for a 1B model). Block b < HQ claims head b at its start, after
-// its first weight loads are in flight; any block waiting for a head that
-// no block has claimed yet computes it itself, so the kernel finishes
-// whatever order or number of blocks the GPU runs at once. A head's
-// attention is counted once written (fence, then an atomic add), waited
-// for with an acquire load of the count, then read through L2. The last
-// block out resets the scratch, so `scratch` (claim [HQ], count, exits,
-// zero before the first call) serves the next call; calls must not overlap
-// (gpu_decode.cc).
+// K, as norm_gemv), and a whole block takes one head's attention, or a
+// slice of its positions in long contexts (heads are few: 32 for a 1B
+// model). Block b claims unit b at its start, after its first weight loads
+// are in flight; blocks wait for every unit and take unclaimed ones
+// (run_wait_steal), then read the heads' outputs through L2. The last block
+// out resets the scratch's counters and claims, so `scratch` (zero before
+// the first call; layout in attn_o) serves the next call; calls must not
+// overlap (gpu_decode.cc).
 // n = pos + 1 <= TMAX positions (scores live in shared memory).
 template <int VPL>
 struct VWord;  // the word holding VPL values of 2 bytes
@@ -684,15 +703,14 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
   __syncthreads();
 }
 
-template <typename T, int K, int N, int S, bool BIAS, int D, int HQ, int HK, int TMAX, int SCALE_LOG2, int IF>
+template <typename T, int K, int N, int S, bool BIAS, int D, int HQ, int HK, int TMAX, int SCALE_LOG2, int IF,
+          int MAXH, int MS>
 __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, const int* pos, const T* w,
                                        const T* bias, const unsigned* scratch_in, T* y, T* att) {
   constexpr int WARPS = 8;
   constexpr int C = K / 256;            // 256-wide chunks of a row (K % 256 == 0)
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
   constexpr int CB = CW < IF ? CW : IF; // chunks of both rows in flight per warp
-  constexpr int PB = WARPS / S;         // row pairs per block
-  constexpr int P = N / 2;
   static_assert(K == HQ * D && K % 256 == 0 && (D == 64 || D == 128) && HQ % HK == 0, "attn_o shapes");
   __shared__ __align__(16) float sc[TMAX];
   __shared__ float red[WARPS * D];
@@ -706,10 +724,10 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   // costs about 2 us (13.2 against 11.1 at 128 positions in 2 slices), so
   // slices hold at least PER positions.
   // The scratch's layout is the same for every shape (one scratch serves
-  // every model a thread runs; what a call counts in it, it zeroes).
-  constexpr int MS = 4, PER = 160;  // at most MS slices, of at least PER positions
-  constexpr int MAXH = 128;        // heads the scratch has room for
-  static_assert(HQ <= MAXH, "attn_o heads");
+  // every model a thread runs; what a call counts in it, it zeroes): room
+  // for MAXH heads of at most 128 in at most MS slices (gpu_decode.cc).
+  constexpr int PER = 160;  // positions a slice holds at least
+  static_assert(HQ <= MAXH && D <= 128, "attn_o heads");
   unsigned* scratch = const_cast<unsigned*>(scratch_in);
   unsigned* count = scratch;          // units done
   unsigned* exits = scratch + 1;
@@ -717,14 +735,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   unsigned* claim = head_done + MAXH; // [MAXH * MS]: units (head, slice)
   float* parts = reinterpret_cast<float*>(claim + MAXH * MS);  // [MAXH * MS][D + 2]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int pair = blockIdx.x * PB + warp / S, part = warp % S, c0 = part * CW;
-  const bool live = pair < P;
-  const int r0 = 2 * pair, r1 = r0 + 1;
-  const T* w0 = w + size_t(live ? r0 : 0) * K;
-  const T* w1 = w + size_t(live ? r1 : 0) * K;
-  uint4 a[CB], b[CB];
-#pragma unroll
-  for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+  RowPair<T, K, N, S, CW, CB> rp(w);
 
   const int n = min(pos[0] + 1, min(TMAX, cap));
   const int slices = max(1, min(MS, n / PER)), per = (n + slices - 1) / slices;
@@ -769,14 +780,9 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   auto from_att = [&](int k, float4& x0, float4& x1) {
     widen8<T>(__ldcg(reinterpret_cast<const uint4*>(att + k)), x0, x1);
   };
-  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_att, part_sum, acc0, acc1)) return;
-  if (!live || lane != 0) return;
-  if (BIAS) {
-    acc0 += static_cast<float>(bias[r0]);
-    acc1 += static_cast<float>(bias[r1]);
-  }
-  y[r0] = static_cast<T>(acc0);
-  y[r1] = static_cast<T>(acc1);
+  if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_att, part_sum, acc0,
+                                acc1))
+    rp.store<BIAS>(acc0, acc1, bias, y);
 }
 
 }  // namespace cider_dec
@@ -797,7 +803,7 @@ inline constexpr const char* kCiderNormKvCall =
 inline constexpr const char* kCiderGemvCall = "cider_dec::gemv<T, K, N, S, BIAS, IF>(x, w, bias, y);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
 inline constexpr const char* kCiderAttnOCall =
-    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF>"
+    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF, MAXH, MS>"
     "(q, cache, cache_shape[2], reinterpret_cast<const int*>(pos), w, bias, scratch, y, att);";
 
 }  // namespace cider
