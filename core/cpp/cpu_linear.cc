@@ -542,8 +542,7 @@ std::string self_check(mx::Dtype dt) {
 // "" when the kernels are in use for this element type (bf16, f16 or f32),
 // else why not. Decided once per process and type.
 std::string check_type(mx::Dtype dt) {
-  const char* env = std::getenv("CIDER_CPU_KERNELS");
-  if (env && std::string(env) == "0") return "turned off by CIDER_CPU_KERNELS=0";
+  if (env_off("CIDER_CPU_KERNELS")) return "turned off by CIDER_CPU_KERNELS=0";
 #ifdef CIDER_X86_KERNELS
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) return "this CPU has no AVX2 and F16C";
   try {

@@ -665,20 +665,14 @@ bool ready(mx::Dtype dt, const mx::Stream& s) {
   if (s.device != mx::Device::gpu || (dt != mx::bfloat16 && dt != mx::float16) || !gpu_kernels_wanted() ||
       !mx::cu::is_available())
     return false;
-  static const bool env_off = [] {
-    const char* env = std::getenv("CIDER_GPU_KERNELS");
-    return env && std::string(env) == "0";
-  }();
-  return !env_off;
+  static const bool off = env_off("CIDER_GPU_KERNELS");
+  return !off;
 }
 
 // CIDER_GPU_ATTN=0 keeps MLX's attention and o projection while the other
 // kernels run (for comparing the two).
 bool attn_wanted() {
-  static const bool off = [] {
-    const char* env = std::getenv("CIDER_GPU_ATTN");
-    return env && std::string(env) == "0";
-  }();
+  static const bool off = env_off("CIDER_GPU_ATTN");
   return !off;
 }
 

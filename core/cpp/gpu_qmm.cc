@@ -122,8 +122,7 @@ const std::string& check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
   auto it = checks.find(k);
   if (it != checks.end()) return it->second;
   std::string why;
-  const char* env = std::getenv("CIDER_GPU_KERNELS");
-  if (env && std::string(env) == "0") {
+  if (env_off("CIDER_GPU_KERNELS")) {
     why = "turned off by CIDER_GPU_KERNELS=0";
   } else if (!cuda_sm80()) {
     why = "needs an NVIDIA GPU of compute capability 8.0 or newer";

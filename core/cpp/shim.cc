@@ -1,6 +1,7 @@
 // Implementation of cider's MLX shim. See shim.h for why it is shaped this way.
 #include "cider-core/cpp/shim.h"
 
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -406,6 +407,10 @@ size_t get_memory_limit() { return mx::get_memory_limit(); }
 size_t set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
 void clear_cache() { mx::clear_cache(); }
 bool gpu_available() { return mx::is_available(mx::Device::gpu); }
+bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::string(v) == "0";
+}
 void set_default_device(bool gpu) {
   mx::set_default_device(gpu ? mx::Device::gpu : mx::Device::cpu);
 }

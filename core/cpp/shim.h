@@ -88,6 +88,9 @@ std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
 // false: MLX's op from now on (until true again), for comparisons.
 void gpu_kernels_enable(bool on);
+// Whether the environment variable `name` is "0": cider's switches that
+// turn a family of its kernels off (CIDER_GPU_KERNELS=0 and the like).
+bool env_off(const char* name);
 // "not used yet", "on (<types>)", or which types are off and why; then the
 // fused decode kernel's state after "; decode: ", once asked for.
 rust::String gpu_kernels_status();
