@@ -5,8 +5,7 @@ Runs the same CUDA text the shim compiles, through mx.fast.cuda_kernel, on
 Llama-3.2-1B's decode shapes: the norm kernel (q/k/v with RoPE, gate/up
 with SwiGLU), the attention + o projection kernel (checked against MLX's
 sdpa + matmul at 1 to 1024 positions, printed; --attn-only runs just it),
-the down projection (gemv), greedy sampling, and (pf) the attention kernel
-prefetching the gate/up kernel's weight (--parts picks some); MLX's
+the down projection (gemv) and greedy sampling (--parts picks some); MLX's
 reference is its one-row matmul (without the norm and epilogue the kernel
 also does), its sdpa + matmul and, for sampling, logsumexp + subtract +
 argmax.
@@ -107,8 +106,6 @@ def main():
         down(mx, dt, HEADER, CALLS, group)
     if "attn" in parts:
         attn_o(mx, dt, HEADER, CALLS, group)
-    if "pf" in parts:
-        prefetch(mx, dt, HEADER, CALLS, group)
     if "greedy" not in parts:
         json.dump(labels, open(LABELS, "w"))
         return
@@ -153,7 +150,7 @@ def attn_o(mx, dt, header, calls, group):
     heads of 64, hidden 2048) against MLX's sdpa + matmul, at n positions."""
     HQ, HK, D, N = 32, 8, 64, 2048
     K = HQ * D
-    kern = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch", "nw"], ["y", "att"],
+    kern = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch"], ["y", "att"],
                                calls["kCiderAttnOCall"], header=header)
     scale = D ** -0.5
     cap = 1280
@@ -172,11 +169,11 @@ def attn_o(mx, dt, header, calls, group):
         for S in [int(x) for x in os.environ.get("ATTN_S", "1,2,4,8").split(",")]:
             blocks = (N // 2 + 8 // S - 1) // (8 // S)
             f = lambda S=S, blocks=blocks, q=q, pos=pos: kern(
-                inputs=[q, cache, pos, w, w, scratch, w], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
+                inputs=[q, cache, pos, w, w, scratch], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
                 grid=(256 * blocks, 1, 1), threadgroup=(256, 1, 1),
                 template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("D", D), ("HQ", HQ), ("HK", HK),
                           ("TMAX", 2048), ("SCALE_LOG2", fbits(scale * 1.4426950408889634)), ("IF", 4),
-                          ("MAXH", MAXH), ("MS", MS), ("PF", 0)])
+                          ("MAXH", MAXH), ("MS", MS)])
             for rep in range(3):
                 y, att = f()
                 ea = mx.abs(att.astype(mx.float32) - ref_att.reshape(1, K).astype(mx.float32)).max().item()
@@ -195,45 +192,6 @@ def attn_o(mx, dt, header, calls, group):
     print(f"attn_o worst relative difference {worst:.3g}", flush=True)
 
 
-def prefetch(mx, dt, header, calls, group):
-    """The attention kernel at 128 positions, then the gate/up kernel, as a
-    decode step runs them, with the attention kernel prefetching the first
-    PF bytes of each half of the gate/up weight into L2 (PF = 0: none).
-    Run under ncu with --cache-control none (L2 must survive from one
-    kernel to the next); a 256 MB read flushes L2 before each pair."""
-    HQ, HK, D, N, I = 32, 8, 64, 2048, 8192
-    K = HQ * D
-    attn = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch", "nw"], ["y", "att"],
-                               calls["kCiderAttnOCall"], header=header)
-    norm = mx.fast.cuda_kernel("cider_dec", ["h", "dl", "g", "w", "bias", "pos", "freqs"], ["hout", "y"],
-                               calls["kCiderNormCall"], header=header)
-    cache = mx.random.normal((1, 2 * HK, 1280, D)).astype(dt)
-    wo = (mx.random.normal((N, K)) * 0.02).astype(dt)
-    wgu = (mx.random.normal((2 * I, N)) * 0.02).astype(dt)
-    scratch = mx.zeros((2 + 128 + 128 * 4 * (1 + 128 + 2),), mx.uint32)
-    q = mx.random.normal((1, HQ, 1, D)).astype(dt)
-    h = mx.random.normal((1, N)).astype(dt)
-    g = mx.ones((N,), dt)
-    pos = mx.arange(127, 131, dtype=mx.int32)
-    big = mx.ones((64 << 20,), mx.float32)
-    mx.eval(cache, wo, wgu, scratch, q, h, g, pos, big)
-    for mb in [int(x) for x in os.environ.get("PF_MB", "0,8,16,24,32").split(",")]:
-        def f(mb=mb):
-            mx.eval(big.sum())
-            y, _ = attn(inputs=[q, cache, pos, wo, wo, scratch, wgu], output_shapes=[(1, N), (1, K)],
-                        output_dtypes=[dt, dt], grid=(256 * 256, 1, 1), threadgroup=(256, 1, 1),
-                        template=[("T", dt), ("K", K), ("N", N), ("S", 2), ("BIAS", False), ("D", D), ("HQ", HQ),
-                                  ("HK", HK), ("TMAX", 2048), ("SCALE_LOG2", fbits(D ** -0.5 * 1.4426950408889634)),
-                                  ("IF", 4), ("MAXH", 128), ("MS", 4), ("PF", (mb << 20) // 2)])
-            return norm(inputs=[h, y, g, wgu, g, pos, pos], output_shapes=[(1, N), (1, I)], output_dtypes=[dt, dt],
-                        grid=(256 * 1024, 1, 1), threadgroup=(256, 1, 1),
-                        template=[("T", dt), ("K", N), ("N", 2 * I), ("S", 1), ("ADD", True), ("BIAS", False),
-                                  ("MODE", 2), ("D", 2), ("ROT", 0), ("FREQS", False), ("EPS", fbits(1e-5)),
-                                  ("SCALE", fbits(1.0)), ("LOG2B", 0), ("IF", 4)])[1]
-        mx.eval(f())
-        group(f"pf attn_o n=128 (prefetch {mb} MB) + gate/up", f)
-
-
 def table(log):
     labels = json.load(open(LABELS))
     groups, cur = [], None
@@ -248,14 +206,6 @@ def table(log):
     groups = groups[:len(labels)]
     print("device us per call (sum of a call's kernels, mean of 3; ncu, caches flushed before each kernel)")
     for label, g in zip(labels, groups):
-        if label.startswith("pf "):
-            # Each kernel on its own (the flush's reduction kernels left out).
-            ks = [(n, us) for n, us in g if "cider" in n]
-            each = {}
-            for n, us in ks:
-                each.setdefault("attn_o" if "attn" in n else "gate/up", []).append(us)
-            print(f"{'':9}     {label}: " + ", ".join(f"{k} {sum(v) / len(v):.1f} us" for k, v in each.items()))
-            continue
         print(f"{sum(us for _, us in g) / 3:9.1f} us  {label}   [{len(g) // 3} kernel(s): {g[0][0][:60] if g else '-'}]")
 
 

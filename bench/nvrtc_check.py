@@ -33,7 +33,7 @@ struct Shape { int v[8]; __device__ int operator[](int i) const { return v[i]; }
 def kernel(name, inputs, outputs, targs, call):
     """inputs/outputs: [(name, cuda type)]; targs: [(name, value)], a str value a type."""
     args = [f"const {t}* {n}" for n, t in inputs]
-    for n, _ in inputs:
+    for n, _ in inputs:  # MLX passes an input's shape where the call names it
         if f"{n}_shape" in call:
             args.append(f"const __grid_constant__ Shape {n}_shape")
     args += [f"{t}* {n}" for n, t in outputs]
@@ -62,12 +62,11 @@ def variants():
                    base + [("N", 16384), ("MODE", 2), ("ROT", 0)], CALLS["kCiderNormCall"])
         for K, N, D, HQ, HK, S in ((2048, 2048, 64, 32, 8, 1), (2048, 2048, 64, 32, 8, 2), (4096, 3072, 128, 32, 8, 2)):
             yield (f"attn_o_{t}_K{K}_D{D}_S{S}",
-                   [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t"),
-                    ("nw", T)],
+                   [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t")],
                    [("y", T), ("att", T)],
                    [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", S == 2), ("D", D), ("HQ", HQ), ("HK", HK),
                     ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4),
-                    ("MAXH", 128), ("MS", 4), ("PF", 8 << 20 if S == 2 else 0)],
+                    ("MAXH", 128), ("MS", 4)],
                    CALLS["kCiderAttnOCall"])
         for K, N, S, bias in ((8192, 2048, 2, False), (4864, 896, 4, True), (8200, 2048, 1, False)):
             yield (f"gemv_{t}_K{K}_S{S}", [("x", T), ("w", T), ("bias", T)], [("y", T)],

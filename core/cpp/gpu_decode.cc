@@ -151,7 +151,7 @@ const KindSpec& spec(Kind kind) {
       {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, kCiderNormCall},
       {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"}, kCiderNormKvCall},
       {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
-      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch", "nw"}, {"y", "att"}, kCiderAttnOCall}};
+      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, kCiderAttnOCall}};
   return specs[int(kind)];
 }
 
@@ -288,19 +288,6 @@ const mx::array& attn_scratch(const mx::Stream& s) {
   return by_stream.emplace(s.index, z).first->second;
 }
 
-// Bytes of the next kernel's weight (both halves together) the attention
-// kernel asks L2 to fetch while it waits for its heads (prefetch_halves in
-// gpu_decode_src.h); CIDER_GPU_PREFETCH_MB overrides (0: none), for tuning.
-// One value per process, so the check compiles the kernel models run.
-int attn_prefetch_half_bytes() {
-  static const int v = [] {
-    const char* e = std::getenv("CIDER_GPU_PREFETCH_MB");
-    const int mb = e && *e ? std::max(0, std::min(1024, std::atoi(e))) : 16;
-    return (mb << 20) / 2;
-  }();
-  return v;
-}
-
 // How many warps share an o-projection row pair: the fewest giving at
 // least 256 blocks. On an H100 (bench/gpu_decode.py, ncu, caches flushed,
 // Llama-3.2-1B at 384 positions) S = 1 / 2 / 4 / 8 took 16.1 / 15.7 /
@@ -310,22 +297,20 @@ int attn_split(int pairs, int K) {
 }
 
 // q [1, HQ, 1, D], the joint cache [1, 2 HK, cap, D] (positions 0..n-1
-// read, n = pos[0] + 1), w [N, HQ * D] -> {y [1, N], attention [1, HQ * D]};
-// next: the next kernel's weight (2-D, T, row-contiguous), prefetched into
-// L2 (w itself where there is none: the same kernel, fetching w again).
+// read, n = pos[0] + 1), w [N, HQ * D] -> {y [1, N], attention [1, HQ * D]}.
 // Shapes were checked by the caller (gpu_attn_o, attn_rows).
 std::vector<mx::array> launch_attn(const mx::array& q, const mx::array& cache, const mx::array& pos,
-                                   const mx::array& w, const mx::array* bias, const mx::array* next, float scale,
-                                   const mx::Stream& s, int S = 0) {
+                                   const mx::array& w, const mx::array* bias, float scale, const mx::Stream& s,
+                                   int S = 0) {
   const int HQ = q.shape(1), D = q.shape(3), HK = cache.shape(1) / 2, K = HQ * D, N = w.shape(0);
   if (S == 0) S = attn_split(N / 2, K);
   keep_header_file();
   const float scale_log2 = float(double(scale) * 1.4426950408889634);  // as MLX's kernel forms it
   const TArgs targs{{"T", q.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"D", D}, {"HQ", HQ},
                     {"HK", HK}, {"TMAX", ATTN_TMAX}, {"SCALE_LOG2", float_bits(scale_log2)}, {"IF", IN_FLIGHT},
-                    {"MAXH", ATTN_MAX_HEADS}, {"MS", ATTN_SLICES}, {"PF", attn_prefetch_half_bytes()}};
+                    {"MAXH", ATTN_MAX_HEADS}, {"MS", ATTN_SLICES}};
   return kernel(Kind::AttnO, targs)(
-      {q, cache, pos, w, bias ? *bias : w, attn_scratch(s), next ? *next : w}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
+      {q, cache, pos, w, bias ? *bias : w, attn_scratch(s)}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
       {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {},
       std::nullopt, false, s);
 }
@@ -357,7 +342,7 @@ std::string attn_rows(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, flo
     auto q = rnd({1, HQ, 1, D}, 1.0f, seed++);
     auto pos = mx::arange(n - 1, n + 3, mx::int32, s);
     mx::eval({q, cache, w, b, pos});
-    auto got = launch_attn(q, cache, pos, w, bias ? &b : nullptr, nullptr, scale, s, S);
+    auto got = launch_attn(q, cache, pos, w, bias ? &b : nullptr, scale, s, S);
     auto k = mx::slice(cache, {0, 0, 0, 0}, {1, HK, n, D}, s), v = mx::slice(cache, {0, HK, 0, 0}, {1, 2 * HK, n, D}, s);
     auto att = mx::reshape(mx::fast::scaled_dot_product_attention(q, k, v, scale, "", {}, std::nullopt, false, s), {1, HQ * D}, s);
     auto wt = mx::transpose(w, {1, 0}, s);
@@ -884,8 +869,7 @@ rust::String gpu_attn_o_check(uint8_t dtype_code, int32_t heads, int32_t kv_head
 }
 
 std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Array& pos, int32_t pos_value,
-                                  const Array& w, const Array& bias, bool has_bias, const Array& next, bool has_next,
-                                  float scale) {
+                                  const Array& w, const Array& bias, bool has_bias, float scale) {
   const auto &qa = q.a, &c = cache.a, &wa = w.a;
   const mx::Dtype dt = qa.dtype();
   auto bad = [&](const std::string& what) {
@@ -907,10 +891,6 @@ std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Arra
   if (std::string why = attn_shape_error(HQ, HK, D, N); !why.empty()) bad(why);
   if (has_bias && (bias.a.size() != size_t(N) || bias.a.dtype() != dt)) bad("bias must have N elements");
   if (pos.a.dtype() != mx::int32 || pos.a.size() < 1) bad("position must be an int32 array (first value read)");
-  // (MLX would copy a next weight that is not row-contiguous: a whole
-  // matrix copied to prefetch it.)
-  if (has_next && (next.a.ndim() != 2 || next.a.dtype() != dt || !next.a.flags().row_contiguous))
-    bad("the next kernel's weight must be a row-contiguous 2-D array of q's dtype, not " + shape_str(next.a));
   if (pos_value < 0 || pos_value >= c.shape(2) || pos_value >= ATTN_TMAX)
     bad("position " + std::to_string(pos_value) + " outside the cache's " + std::to_string(c.shape(2)) +
         " slots or past the kernel's " + std::to_string(ATTN_TMAX));
@@ -919,8 +899,7 @@ std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Arra
   if (!attn_wanted()) bad("turned off by CIDER_GPU_ATTN=0");
   const std::string& why = attn_checked(dt, HQ, HK, D, N, has_bias, scale, s);
   if (!why.empty()) bad("failed its check against MLX's ops: " + why);
-  return std::make_unique<Array>(
-      launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, has_next ? &next.a : nullptr, scale, s)[0]);
+  return std::make_unique<Array>(launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, scale, s)[0]);
 }
 
 std::string gpu_decode_status() {

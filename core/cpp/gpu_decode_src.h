@@ -140,14 +140,6 @@ struct RowPair {
 #pragma unroll
     for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
   }
-  // Returns once this warp's first weight load has landed (the others were
-  // issued right after it): a branch on its value, whose fence (whether or
-  // not it runs) only gives the branch an effect the compiler must keep.
-  // (Waiting on the last load instead cost registers: 128 -> 148 a thread
-  // for heads of 128, 1 block an SM.)
-  __device__ __forceinline__ void landed() const {
-    if (live && a[0].x == 0x7fc17fc1u) __threadfence_block();
-  }
   template <bool BIAS>
   __device__ __forceinline__ void store(float acc0, float acc1, const T* bias, T* y) const {
     if (!live || (threadIdx.x & 31) != 0) return;
@@ -521,24 +513,6 @@ template <>
 struct VWord<4> {
   using type = uint2;
 };
-// Asks L2 to fetch, for the next kernel, the first PF bytes of each half
-// of its weight nw [rows, cols] (a gate/up weight: that kernel's first
-// blocks read rows from the start of both halves), spread over the
-// threads of blocks first.. (evict_last: the next kernel's streamed loads
-// are evict_first and go first). For time a kernel leaves DRAM idle: the
-// attention kernel's o-projection blocks wait for the heads for several
-// microseconds once their own weights are in.
-template <typename T, int PF>
-__device__ __forceinline__ void prefetch_halves(const T* nw, int rows, int cols, int first) {
-  if (PF <= 0 || int(blockIdx.x) < first) return;
-  const size_t half = size_t(rows / 2) * size_t(cols) * sizeof(T);
-  const int lines = int(min(size_t(PF), half) / 128);
-  const int nt = (int(gridDim.x) - first) * int(blockDim.x), t = (int(blockIdx.x) - first) * int(blockDim.x) + int(threadIdx.x);
-  const char* base = reinterpret_cast<const char*>(nw);
-#pragma unroll 1
-  for (int i = t; i < 2 * lines; i += nt)
-    asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(base + ((i & 1) ? half : 0) + size_t(i >> 1) * 128));
-}
 __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
   unsigned v;
   asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
@@ -730,10 +704,9 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
 }
 
 template <typename T, int K, int N, int S, bool BIAS, int D, int HQ, int HK, int TMAX, int SCALE_LOG2, int IF,
-          int MAXH, int MS, int PF>
+          int MAXH, int MS>
 __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, const int* pos, const T* w,
-                                       const T* bias, const unsigned* scratch_in, const T* nw, int nw_rows,
-                                       int nw_cols, T* y, T* att) {
+                                       const T* bias, const unsigned* scratch_in, T* y, T* att) {
   constexpr int WARPS = 8;
   constexpr int C = K / 256;            // 256-wide chunks of a row (K % 256 == 0)
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
@@ -769,13 +742,6 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   const int units = HQ * slices;  // unit u: head u % HQ, slice u / HQ
   const float scale_log2 = __int_as_float(SCALE_LOG2);
   __shared__ int s_last;
-  // Blocks with no unit of their own fill the wait with the next kernel's
-  // weights (after their own, so the heads' keys and values, asked for
-  // first, are not queued behind them).
-  if (PF > 0 && int(blockIdx.x) >= units) {
-    rp.landed();
-    prefetch_halves<T, PF>(nw, nw_rows, nw_cols, units);
-  }
   // The units other blocks wait for (run_wait_steal).
   run_wait_steal(claim, count, units, int(blockIdx.x) < units ? int(blockIdx.x) : -1, true, blockIdx.x,
                  [&](int u, bool won) {
@@ -837,7 +803,7 @@ inline constexpr const char* kCiderNormKvCall =
 inline constexpr const char* kCiderGemvCall = "cider_dec::gemv<T, K, N, S, BIAS, IF>(x, w, bias, y);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
 inline constexpr const char* kCiderAttnOCall =
-    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF, MAXH, MS, PF>"
-    "(q, cache, cache_shape[2], reinterpret_cast<const int*>(pos), w, bias, scratch, nw, nw_shape[0], nw_shape[1], y, att);";
+    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF, MAXH, MS>"
+    "(q, cache, cache_shape[2], reinterpret_cast<const int*>(pos), w, bias, scratch, y, att);";
 
 }  // namespace cider

@@ -134,16 +134,13 @@ std::unique_ptr<Array> gpu_greedy(const Array& logits, const Array& scratch, con
 // cider's attention + o projection kernel for one decode position
 // (gpu_decode.cc): q [1, heads, 1, head_dim], the cache's joint buffer
 // [1, 2 kv_heads, capacity, head_dim] read at positions 0..pos, w [N,
-// heads * head_dim] -> y [1, N]. With has_next, `next` is the weight the
-// next kernel reads (a gate/up weight [rows, K]: the start of each half),
-// which the kernel asks L2 to fetch while it waits for its heads. Throws
-// where the arguments do not fit; gpu_attn_o_check first.
+// heads * head_dim] -> y [1, N]. Throws where the arguments do not fit;
+// gpu_attn_o_check first.
 int32_t gpu_attn_o_max_positions();
 rust::String gpu_attn_o_check(uint8_t dtype, int32_t heads, int32_t kv_heads, int32_t head_dim, int32_t n,
                               bool has_bias, float scale);
 std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Array& pos, int32_t pos_value,
-                                  const Array& w, const Array& bias, bool has_bias, const Array& next, bool has_next,
-                                  float scale);
+                                  const Array& w, const Array& bias, bool has_bias, float scale);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

@@ -252,14 +252,11 @@ pub fn gpu_attn_o_max_positions() -> i32 {
 /// softmax(scale * q . keys) . values over positions 0..=pos_value of the
 /// cache's joint buffer `cache` [1, 2 kv_heads, capacity, head_dim] (keys'
 /// heads, then values'), times w.T (+ bias): q [1, heads, 1, head_dim] ->
-/// [1, N]. `pos` holds `pos_value` (it may not be computed yet). `next`:
-/// the weight the following kernel reads (the MLP's gate/up [rows, K], read
-/// from the start of each half), fetched into L2 while the kernel waits for
-/// its heads. Check `gpu_attn_o_check` first; arguments that do not fit are
-/// an error.
+/// [1, N]. `pos` holds `pos_value` (it may not be computed yet). Check
+/// `gpu_attn_o_check` first; arguments that do not fit are an error.
 #[allow(clippy::too_many_arguments)]
-pub fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: Option<&Array>, next: Option<&Array>, scale: f32) -> Result<Array> {
-    wrap(ffi::gpu_attn_o(&q.inner, &cache.inner, &pos.inner, pos_value, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), &next.unwrap_or(w).inner, next.is_some(), scale))
+pub fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: Option<&Array>, scale: f32) -> Result<Array> {
+    wrap(ffi::gpu_attn_o(&q.inner, &cache.inner, &pos.inner, pos_value, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), scale))
 }
 
 /// What the fused decode kernel does after its matrix-vector product.

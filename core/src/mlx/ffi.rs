@@ -56,7 +56,7 @@ pub(crate) mod ffi {
         fn gpu_attn_o_check(dtype: u8, heads: i32, kv_heads: i32, head_dim: i32, n: i32, has_bias: bool, scale: f32) -> Result<String>;
         #[allow(clippy::too_many_arguments)]
         fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: &Array, has_bias: bool,
-                      next: &Array, has_next: bool, scale: f32) -> Result<UniquePtr<Array>>;
+                      scale: f32) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

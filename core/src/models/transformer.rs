@@ -427,7 +427,7 @@ impl Transformer {
                         // reads the buffer in place, after this step's write
                         // (it takes q): the next write waits for its output.
                         let Linear::Dense { weight: wo, bias: bo, .. } = &a.o_proj else { unreachable!("checked by `attn_checked`") };
-                        let r = crate::mlx::gpu_attn_o(&q, buf, &pos, p, wo, bo.as_ref(), Some(wgu), a.scale)?;
+                        let r = crate::mlx::gpu_attn_o(&q, buf, &pos, p, wo, bo.as_ref(), a.scale)?;
                         cache.joint_written(&r);
                         (h1, r)
                     } else {
