@@ -68,9 +68,10 @@ def variants():
                     ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4),
                     ("MAXH", 128), ("MS", 4)],
                    CALLS["kCiderAttnOCall"])
-        for K, N, S, bias in ((8192, 2048, 2, False), (4864, 896, 4, True), (8200, 2048, 1, False)):
-            yield (f"gemv_{t}_K{K}_S{S}", [("x", T), ("w", T), ("bias", T)], [("y", T)],
-                   [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", bias), ("IF", 4)], CALLS["kCiderGemvCall"])
+        for K, N, S, bias, IF in ((8192, 2048, 4, False, 2), (8192, 2048, 2, False, 4), (4864, 896, 8, True, 2),
+                                  (8200, 2048, 1, False, 2)):
+            yield (f"gemv_{t}_K{K}_S{S}_if{IF}", [("x", T), ("w", T), ("bias", T)], [("y", T)],
+                   [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", bias), ("IF", IF)], CALLS["kCiderGemvCall"])
         for V, NB in ((128256, 62), (1003, 1), (40003, 19)):
             yield (f"greedy_{t}_V{V}", [("x", T), ("scratch", "uint32_t"), ("prev", "uint32_t")], [("y", "uint32_t")],
                    [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])

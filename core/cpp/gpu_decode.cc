@@ -137,8 +137,8 @@ void keep_header_file() {
 
 // The norm kernel's plain variant (output y) and KV variant (q, and keys
 // and values into the cache in place); greedy sampling; the attention + o
-// projection kernel.
-enum class Kind { Norm, NormKv, Greedy, AttnO };
+// projection kernel; the MLP's down projection.
+enum class Kind { Norm, NormKv, Greedy, AttnO, Gemv };
 
 // Each kind's inputs, outputs and call line (indexed by Kind).
 struct KindSpec {
@@ -151,7 +151,8 @@ const KindSpec& spec(Kind kind) {
       {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, kCiderNormCall},
       {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"}, kCiderNormKvCall},
       {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
-      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, kCiderAttnOCall}};
+      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, kCiderAttnOCall},
+      {"cider_gemv", {"x", "w", "bias"}, {"y"}, kCiderGemvCall}};
   return specs[int(kind)];
 }
 
@@ -363,6 +364,59 @@ std::string attn_rows(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, flo
   return "";
 }
 
+// The down projection's gemv: x [1, K] (x lives in static shared memory,
+// 2 bytes an element), w [N, K]. Warps a row pair: the fewest giving at
+// least 512 blocks, with 2 chunks in flight a warp; on an H100
+// (bench/gpu_decode.py, ncu, caches flushed, Llama-3.2-1B's 2048 x 8192)
+// S = 4 with 2 in flight took 14.8-15.3 us against 16.7-16.9 with 4 in
+// flight, 15.5-17.8 for S = 8 and 16.1-16.3 for MLX's gemv.
+constexpr int GEMV_MAX_K = 16384;
+constexpr int GEMV_IN_FLIGHT = 2;
+int gemv_split(int pairs, int K) {
+  return split_for(pairs, K, 4);
+}
+
+std::string gemv_shape_error(int K, int N) {
+  if (K < 8 || K % 8 || K > GEMV_MAX_K) return "K must be a multiple of 8, at most " + std::to_string(GEMV_MAX_K);
+  if (N < 2 || N % 2) return "N must be even";
+  return "";
+}
+
+// Shapes were checked by the caller (gpu_gemv, gemv_rows).
+mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* bias, const mx::Stream& s, int S = 0) {
+  const int K = w.shape(1), N = w.shape(0);
+  if (S == 0) S = gemv_split(N / 2, K);
+  keep_header_file();
+  const TArgs targs{{"T", x.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"IF", GEMV_IN_FLIGHT}};
+  return kernel(Kind::Gemv, targs)({x, w, bias ? *bias : w}, {{1, N}}, {x.dtype()},
+                                   {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt,
+                                   false, s)[0];
+}
+
+// The gemv against MLX's matmul (addmm with a bias) on random rows: within
+// 2 % of the largest output (sums run in another order; a wrong row or
+// chunk is off by its size). `offset` > 0 reads x from inside a buffer
+// (not 16-byte aligned: the kernel's element-wise path).
+std::string gemv_rows(mx::Dtype dt, int K, int N, bool bias, int S, int offset, const mx::Stream& s) {
+  auto rnd = [&](mx::Shape shape, float sd, int seed) {
+    return mx::random::normal(shape, dt, 0.0f, sd, mx::random::key(seed), s);
+  };
+  auto xs = rnd({1, K + offset}, 1.0f, 71), w = rnd({N, K}, 0.05f, 72), b = rnd({1, N}, 0.5f, 73);
+  auto x = mx::slice(xs, {0, offset}, {1, K + offset}, s);
+  mx::eval({xs, w, b});
+  auto got = launch_gemv(x, w, bias ? &b : nullptr, s, S);
+  auto wt = mx::transpose(w, {1, 0}, s);
+  auto want = bias ? mx::addmm(b, x, wt, 1.0f, 1.0f, s) : mx::matmul(x, wt, s);
+  auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
+  auto err = mx::max(mx::abs(mx::subtract(f32(got), f32(want), s), s), s), top = mx::max(mx::abs(f32(want), s), s);
+  mx::eval({err, top});
+  if (!(err.item<float>() <= 0.02f * top.item<float>()))
+    return "gemv differs from MLX's matmul (K " + std::to_string(K) + " N " + std::to_string(N) +
+           (bias ? " +bias" : "") + " S " + std::to_string(S) + " x offset " + std::to_string(offset) +
+           ": max |diff| " + std::to_string(err.item<float>()) + " of " + std::to_string(top.item<float>()) + ")";
+  return "";
+}
+
 // Blocks of the greedy kernel: a slice of at least 2048 logits each (one
 // 16-byte load a thread), at most 64 (the last block combines the slices in
 // one warp, two a lane).
@@ -533,6 +587,18 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
                                  {4, 1, 64, 512, true, {ATTN_TMAX, 1}, 2}};
   for (const AttnCase& c : attn_cases)
     if (std::string why = attn_rows(dt, c.HQ, c.HK, c.D, c.N, c.bias, 0.125f, c.ns, c.S, s); !why.empty()) return why;
+  // The gemv: a partial 256-wide chunk (K = 640: 3 chunks, S = 4 leaves a
+  // warp none; K = 2184: 9 chunks, the in-flight ring refilled, and x read
+  // from an odd offset), a bias, every split.
+  struct GemvCase {
+    int K, N;
+    bool bias;
+    int S, offset;
+  };
+  const GemvCase gemv_cases[] = {{640, 96, false, 4, 0}, {640, 96, true, 1, 0}, {2184, 66, true, 8, 1},
+                                 {2184, 512, false, 2, 0}};
+  for (const GemvCase& c : gemv_cases)
+    if (std::string why = gemv_rows(dt, c.K, c.N, c.bias, c.S, c.offset, s); !why.empty()) return why;
   // Greedy sampling over one scratch, alternating one block (V = 1003, a
   // tail past the last 16-byte word) with 19 slices (V = 40003, ties
   // across them), so one scratch serves calls with different block counts.
@@ -643,6 +709,8 @@ std::map<Cfg, std::string> checks;
 std::map<std::pair<int, int>, std::string> greedy_checks;
 // attention + o projection's by (dtype, HQ, HK, D, N, bias, scale bits).
 std::map<std::tuple<int, int, int, int, int, bool, int>, std::string> attn_checks;
+// the gemv's by (dtype, K, N, bias).
+std::map<std::tuple<int, int, int, bool>, std::string> gemv_checks;
 
 template <typename M, typename K, typename F>
 const std::string& checked(M& memo, const K& key, F run) {
@@ -673,6 +741,12 @@ bool ready(mx::Dtype dt, const mx::Stream& s) {
 // kernels run (for comparing the two).
 bool attn_wanted() {
   static const bool off = env_off("CIDER_GPU_ATTN");
+  return !off;
+}
+
+// CIDER_GPU_GEMV=0 keeps MLX's gemv for the down projection.
+bool gemv_wanted() {
+  static const bool off = env_off("CIDER_GPU_GEMV");
   return !off;
 }
 
@@ -714,6 +788,11 @@ const std::string& attn_checked(mx::Dtype dt, int HQ, int HK, int D, int N, bool
   return checked(attn_checks, std::make_tuple(int(dt.val()), HQ, HK, D, N, bias, float_bits(scale)), [&] {
     return attn_rows(dt, HQ, HK, D, N, bias, scale, {1, 37, 300, 400, ATTN_TMAX}, attn_split(N / 2, HQ * D), s);
   });
+}
+
+const std::string& gemv_checked(mx::Dtype dt, int K, int N, bool bias, const mx::Stream& s) {
+  return checked(gemv_checks, std::make_tuple(int(dt.val()), K, N, bias),
+                 [&] { return gemv_rows(dt, K, N, bias, gemv_split(N / 2, K), 0, s); });
 }
 
 mx::Dtype dtype_of(uint8_t code) {
@@ -902,6 +981,39 @@ std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Arra
   return std::make_unique<Array>(launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, scale, s)[0]);
 }
 
+rust::String gpu_gemv_check(uint8_t dtype_code, int32_t K, int32_t N, bool has_bias) {
+  const mx::Dtype dt = dtype_of(dtype_code);
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s)) return rust::String("not available on this device");
+  if (!gemv_wanted()) return rust::String("turned off by CIDER_GPU_GEMV=0");
+  if (std::string why = gemv_shape_error(K, N); !why.empty())
+    return rust::String("shapes the gemv kernel does not take: " + why);
+  return rust::String(gemv_checked(dt, K, N, has_bias, s));
+}
+
+std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias) {
+  const auto &xa = x.a, &wa = w.a;
+  const mx::Dtype dt = xa.dtype();
+  auto bad = [&](const std::string& what) {
+    throw std::invalid_argument("gemv kernel: " + what + " (x " + shape_str(xa) + ", w " + shape_str(wa) + ")");
+  };
+  if (dt != mx::bfloat16 && dt != mx::float16) bad("x must be bfloat16 or float16");
+  if (xa.ndim() != 2 || xa.shape(0) != 1) bad("x must be one row [1, K]");
+  const int K = xa.shape(1);
+  // (MLX would copy a weight that is not row-contiguous on every call.)
+  if (wa.ndim() != 2 || wa.shape(1) != K || wa.dtype() != dt || !wa.flags().row_contiguous)
+    bad("w must be a row-contiguous [N, K] of x's dtype");
+  const int N = wa.shape(0);
+  if (std::string why = gemv_shape_error(K, N); !why.empty()) bad(why);
+  if (has_bias && (bias.a.size() != size_t(N) || bias.a.dtype() != dt)) bad("bias must have N elements of x's dtype");
+  const mx::Stream s = mx::default_stream(mx::default_device());
+  if (!ready(dt, s)) bad("not available on this device");
+  if (!gemv_wanted()) bad("turned off by CIDER_GPU_GEMV=0");
+  const std::string& why = gemv_checked(dt, K, N, has_bias, s);
+  if (!why.empty()) bad("failed its check against MLX's matmul: " + why);
+  return std::make_unique<Array>(launch_gemv(xa, wa, has_bias ? &bias.a : nullptr, s));
+}
+
 std::string gpu_decode_status() {
   std::lock_guard<std::mutex> lock(mu);
   // "bfloat16 on (3 kernels checked)", or each failed check and why.
@@ -917,6 +1029,7 @@ std::string gpu_decode_status() {
     for (const auto& [c, why] : checks) count(int(c.dt.val()), why);
     for (const auto& [k, why] : greedy_checks) count(k.first, why);
     for (const auto& [k, why] : attn_checks) count(std::get<0>(k), why);
+    for (const auto& [k, why] : gemv_checks) count(std::get<0>(k), why);
     if (ok == 0 && bad.empty()) continue;
     // A failed check turns off only its own kernel (the model's fused path,
     // or greedy sampling), so both counts are told.

@@ -303,9 +303,9 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // y [N] = w [N, K] . x [K] (+ bias), each output rounded to T as MLX's
 // gemv rounds it: the MLP's down projection, where MLX's gemv reads its
 // 33.5 MB (Llama-3.2-1B) at about 2.1 TB/s on an H100 against 2.7 for the
-// gate/up kernel (so far run only by bench/gpu_decode.py: 15.3 against
-// 16.3 us there). Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes
-// to shared memory once per block, behind the first weight loads.
+// gate/up kernel (bench/gpu_decode.py: 14.8-15.0 against 16.1-16.3 us).
+// Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes to shared memory
+// once per block, behind the first weight loads.
 template <typename T, int K, int N, int S, bool BIAS, int IF>
 __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
@@ -317,7 +317,13 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
   __shared__ float part_sum[WARPS][2];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   RowPair<T, K, N, S, CW, CB> rp(w);
-  for (int i = tid; i < K / 8; i += TH) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
+  // (x is a kernel's fresh output in decode steps, so 16-byte aligned; a
+  // view that is not is read element by element.)
+  if ((reinterpret_cast<size_t>(x) & 15) == 0) {
+    for (int i = tid; i < K / 8; i += TH) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(x)[i];
+  } else {
+    for (int i = tid; i < K; i += TH) xs[i] = x[i];
+  }
   __syncthreads();
   float acc0, acc1;
   auto from_shared = [&](int k, float4& x0, float4& x1) {

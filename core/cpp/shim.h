@@ -141,6 +141,11 @@ rust::String gpu_attn_o_check(uint8_t dtype, int32_t heads, int32_t kv_heads, in
                               bool has_bias, float scale);
 std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Array& pos, int32_t pos_value,
                                   const Array& w, const Array& bias, bool has_bias, float scale);
+// cider's gemv for the MLP's down projection in decode steps: x [1, K] .
+// w [N, K]^T (+ bias) -> [1, N], bf16 or f16. Throws where the arguments do
+// not fit; gpu_gemv_check (by dtype, K, N, bias) first.
+rust::String gpu_gemv_check(uint8_t dtype, int32_t K, int32_t N, bool has_bias);
+std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias);
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

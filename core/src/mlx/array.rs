@@ -259,6 +259,20 @@ pub fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Arr
     wrap(ffi::gpu_attn_o(&q.inner, &cache.inner, &pos.inner, pos_value, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), scale))
 }
 
+/// Checks, once per process, cider's gemv for a one-row product with a
+/// [n, k] weight (a bias or not) against MLX's matmul. Err says why it is
+/// not used.
+pub fn gpu_gemv_check(dtype: Dtype, k: i32, n: i32, has_bias: bool) -> Result<()> {
+    check_result(ffi::gpu_gemv_check(dtype as u8, k, n, has_bias)?)
+}
+
+/// x [1, K] times w [N, K] transposed (+ bias) -> [1, N] on the GPU with
+/// cider's gemv (the MLP's down projection in decode steps). Check
+/// `gpu_gemv_check` first; arguments that do not fit are an error.
+pub fn gpu_gemv(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
+    wrap(ffi::gpu_gemv(&x.inner, &w.inner, &bias.unwrap_or(w).inner, bias.is_some()))
+}
+
 /// What the fused decode kernel does after its matrix-vector product.
 pub enum DecodeEpilogue<'a> {
     /// RoPE on the first `rot` outputs, heads of `head_dim`, at position

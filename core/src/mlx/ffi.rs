@@ -57,6 +57,8 @@ pub(crate) mod ffi {
         #[allow(clippy::too_many_arguments)]
         fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: &Array, has_bias: bool,
                       scale: f32) -> Result<UniquePtr<Array>>;
+        fn gpu_gemv_check(dtype: u8, k: i32, n: i32, has_bias: bool) -> Result<String>;
+        fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

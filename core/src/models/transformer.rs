@@ -60,10 +60,13 @@ pub struct Transformer {
     /// Whether cider's attention + o projection kernel runs this model's
     /// fused steps (see `attn_checked`).
     attn_ok: std::sync::OnceLock<bool>,
+    /// Whether cider's gemv runs the MLP's down projection in fused steps
+    /// (see `down_checked`).
+    down_ok: std::sync::OnceLock<bool>,
 }
 
-// SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`
-// and `attn_ok`, OnceLocks, themselves Sync); its arrays are
+// SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`,
+// `attn_ok` and `down_ok`, OnceLocks, themselves Sync); its arrays are
 // evaluated, immutable MLX buffers whose handles are only cloned (an atomic
 // refcount) when building graphs. Graph evaluation itself is serialised by
 // `generate::mlx_lock`, so sharing the model between threads is sound.
@@ -278,6 +281,7 @@ impl Transformer {
             fusable,
             fused_ok: std::sync::OnceLock::new(),
             attn_ok: std::sync::OnceLock::new(),
+            down_ok: std::sync::OnceLock::new(),
         })
     }
 
@@ -397,6 +401,7 @@ impl Transformer {
         // This step's attention and o projection in one kernel, where it
         // takes this many positions.
         let attn_o = caches_offset < crate::mlx::gpu_attn_o_max_positions() && self.attn_checked();
+        let down_gemv = self.down_checked();
         let mut delta: Option<Array> = None;
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             let a = &layer.attn;
@@ -444,7 +449,10 @@ impl Transformer {
             };
             let n = &layer.post_norm;
             let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None)?;
-            delta = Some(down.forward(&act)?);
+            delta = Some(match down {
+                Linear::Dense { weight, bias, .. } if down_gemv => crate::mlx::gpu_gemv(&act, weight, bias.as_ref())?,
+                _ => down.forward(&act)?,
+            });
             h = h2;
         }
         match delta {
@@ -466,6 +474,7 @@ impl Transformer {
         if let Some(dt) = self.fusable {
             if crate::mlx::gpu_decode_ready(dt) && self.fused_checked() {
                 self.attn_checked();
+                self.down_checked();
             }
         }
     }
@@ -504,6 +513,23 @@ impl Transformer {
             });
             let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
             same && weight.dim(1) == hq * d && crate::mlx::gpu_attn_o_check(dt, hq, hk, d, weight.dim(0), bias.is_some(), first.attn.scale).is_ok()
+        })
+    }
+
+    /// Whether cider's gemv takes the MLP's down projection in this model's
+    /// fused steps: every layer's down projection dense, unsplit, of one
+    /// shape, in the activations' dtype, all with a bias or none, and the
+    /// kernel's check against MLX's matmul passed for that shape. Asked once.
+    fn down_checked(&self) -> bool {
+        *self.down_ok.get_or_init(|| {
+            let (Some(dt), Some(first)) = (self.fusable, self.layers.first()) else { return false };
+            let Mlp::Fused { down: Linear::Dense { weight, bias, .. }, .. } = &first.mlp else { return false };
+            let same = self.layers.iter().all(|l| {
+                matches!(&l.mlp, Mlp::Fused { down: Linear::Dense { weight: w, bias: b, split, .. }, .. }
+                    if split.is_empty() && w.dtype() == dt && w.shape() == weight.shape()
+                        && b.is_some() == bias.is_some() && b.as_ref().is_none_or(|b| b.dtype() == dt && b.size() == w.dim(0) as usize))
+            });
+            same && crate::mlx::gpu_gemv_check(dt, weight.dim(1), weight.dim(0), bias.is_some()).is_ok()
         })
     }
 
