@@ -212,6 +212,22 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
       gv[j] = reinterpret_cast<const uint4*>(g)[i];
     }
   }
+  // The KV variant also asks L2 for the cache's earlier positions (keys and
+  // values of every KV head), which the next kernel, the attention, reads
+  // first: there, read from DRAM, they queued behind the o projection's
+  // weight loads on the heads' critical path (bench/RESULTS.md, eleventh
+  // pass). A few hundred KB against this kernel's megabytes of weights.
+  if (QN > 0) {
+    constexpr int HR = (N - QN) / (D > 1 ? D : 1);                 // key heads, then value heads
+    constexpr int LPR = (D * int(sizeof(T)) + 127) / 128;          // 128-byte lines a position
+    const int n = pos[0], lines = HR * n * LPR;                     // positions before this one
+    const int nt = int(gridDim.x) * TH;
+    for (int i = int(blockIdx.x) * TH + tid; i < lines; i += nt) {
+      const int r = i / LPR, hd = r / n, p = r % n;
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(cache + (size_t(hd) * cap + p) * D) +
+                                                   (i % LPR) * 128));
+    }
+  }
   float v[VT][8];
   float ss = 0.f;
 #pragma unroll
