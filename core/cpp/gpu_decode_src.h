@@ -797,10 +797,18 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   });
   exit_reset(scratch, exits, 2 + MAXH + units, false);
 
-  // The heads' outputs through L2 (written by other blocks in this kernel).
+  // The heads' outputs (written by other blocks of this kernel) through L2
+  // into shared memory, once per block: read by every warp from L2, the
+  // whole grid reading the same few KB at once took about 2 us on an H100
+  // (its lines sit in a few L2 slices), 4x the bytes of one read a block.
+  __shared__ __align__(16) T atts[K];
+#pragma unroll 1
+  for (int i = tid; i < K / 8; i += 32 * WARPS)
+    reinterpret_cast<uint4*>(atts)[i] = __ldcg(reinterpret_cast<const uint4*>(att) + i);
+  __syncthreads();
   float acc0, acc1;
   auto from_att = [&](int k, float4& x0, float4& x1) {
-    widen8<T>(__ldcg(reinterpret_cast<const uint4*>(att + k)), x0, x1);
+    widen8<T>(*reinterpret_cast<const uint4*>(atts + k), x0, x1);
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_att, part_sum, acc0,
                                 acc1))
