@@ -1,8 +1,91 @@
-# Phase timing inside the attention kernel (instrumented variant: stamps in scratch words 60000+).
-import os, re, struct, sys, statistics
+"""Where the attention + o projection kernel's time goes, phase by phase:
+runs an instrumented copy of the kernel (globaltimer stamps, see
+instrument()) on Llama-3.2-1B's shapes at 128 and 384 positions, with L2
+flushed and warm, and prints each phase's median time from block 0's entry.
+
+    python bench/attn_timing.py [SOURCE]    # default core/cpp/gpu_decode_src.h
+"""
+import os
+import re
+import struct
+import sys
+
 import numpy as np
 import mlx.core as mx
-SRC = open(sys.argv[1]).read()
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def instrument(text):
+    """The kernel source with globaltimer stamps (thread 0 of block 0, which
+    runs head 0, and of block 200, which only waits) written to scratch words
+    60100 + 2i (low, high); each stamp adds a little latency of its own."""
+    s = text
+
+    def sub(old, new, req=True):
+        nonlocal s
+        if s.count(old) != 1:
+            assert not req, old
+            return False
+        s = s.replace(old, new, 1)
+        return True
+    sub('''__device__ __forceinline__ unsigned ld_acquire(''', '''__device__ unsigned* g_dbg;
+__device__ __forceinline__ void stamp(unsigned* sc, int i) {
+  unsigned long long gt;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(gt));
+  sc[60100 + 2 * i] = unsigned(gt);
+  sc[60100 + 2 * i + 1] = unsigned(gt >> 32);
+}
+#define STAMP(cond, i) do { if ((cond) && threadIdx.x == 0) stamp(g_dbg, i); } while (0)
+__device__ __forceinline__ unsigned ld_acquire(''')
+    if not sub('''      run(u, tid == 0 && s_won);  // (whether this block's claim won: thread 0 knows)''', '''      STAMP(blockIdx.x == 0, 1);
+      run(u, tid == 0 && s_won);  // (whether this block's claim won: thread 0 knows)
+      STAMP(blockIdx.x == 0, 8);''', False):
+        sub('''      run(u, old);''', '''      STAMP(blockIdx.x == 0, 1);
+      run(u, old);
+      STAMP(blockIdx.x == 0, 8);''')
+    sub('''      s_done = c >= unsigned(units);''', '''      s_done = c >= unsigned(units);
+      if (s_done) { STAMP(blockIdx.x == 0, 9); STAMP(blockIdx.x == 200, 20); }''')
+    sub('''  float m = -3.402823466e38f;
+  // (Rounds are block-uniform, so every lane reaches the shuffles.)''', '''  STAMP(blockIdx.x == 0 && hd == 0 && qv[0] != 12345.f, 2);
+  float m = -3.402823466e38f;
+  // (Rounds are block-uniform, so every lane reaches the shuffles.)''')
+    sub('''  __syncthreads();  // every score is in shared memory''', '''  __syncthreads();  // every score is in shared memory
+  STAMP(blockIdx.x == 0 && hd == 0, 3);''')
+    sub('''  // Values: warp w takes positions w, w + 8, ...; lane l dims l * VPL...''', '''  STAMP(blockIdx.x == 0 && hd == 0, 4);
+  // Values: warp w takes positions w, w + 8, ...; lane l dims l * VPL...''')
+    sub('''  for (int j = 0; j < VPL; j++) red[warp * D + lane * VPL + j] = o[j];
+  __syncthreads();''', '''  for (int j = 0; j < VPL; j++) red[warp * D + lane * VPL + j] = o[j];
+  __syncthreads();
+  STAMP(blockIdx.x == 0 && hd == 0, 5);''')
+    # entry: right after the tid line inside attn_o (the second occurrence of this line pattern is in attn_o)
+    i = s.index('__device__ __forceinline__ void attn_o(')
+    j = s.index('  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n', i) + len('  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;\n')
+    s = s[:j] + '''  if ((blockIdx.x == 0 || blockIdx.x == 200) && threadIdx.x == 0) { g_dbg = const_cast<unsigned*>(scratch_in); __threadfence_block(); }
+  STAMP(blockIdx.x == 0, 0);
+  STAMP(blockIdx.x == 200, 19);
+''' + s[j:]
+    if not sub('''  exit_reset(scratch, exits, 2 + MAXH + units, false);
+''', '''  STAMP(blockIdx.x == 0, 10);
+  exit_reset(scratch, exits, 2 + MAXH + units, false);
+  STAMP(blockIdx.x == 0, 11);
+''', False):
+        sub('''  const unsigned exit_old = exit_count(exits, false);
+''', '''  STAMP(blockIdx.x == 0, 10);
+  const unsigned exit_old = exit_count(exits, false);
+  STAMP(blockIdx.x == 0, 11);
+''')
+    sub('''                                acc1))
+    rp.store<BIAS>(acc0, acc1, bias, y);
+''', '''                                acc1))
+    rp.store<BIAS>(acc0, acc1, bias, y);
+  STAMP(blockIdx.x == 0, 12);
+  STAMP(blockIdx.x == 200, 21);
+''')
+    return s
+
+
+SRC = instrument(open(sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read())
 (HEADER,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
 CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
 fb = lambda f: struct.unpack("<i", struct.pack("<f", f))[0]
@@ -14,7 +97,7 @@ cache = mx.random.normal((1, 2 * HK, 1280, D)).astype(dt)
 w = (mx.random.normal((N, K)) * 0.02).astype(dt)
 big = mx.ones((64 << 20,), mx.float32)
 mx.eval(cache, w, big)
-names = {0: "entry", 1: "claim known", 2: "q loaded", 3: "scores done", 4: "softmax done", 5: "values done",
+names = {0: "entry", 1: "head starts", 2: "q loaded", 3: "scores done", 4: "softmax done", 5: "values done",
          8: "unit counted", 9: "wait over", 10: "after wait", 11: "exit count", 12: "o proj stored"}
 for n in (128, 384):
     for cold in (True, False):
