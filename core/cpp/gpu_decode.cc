@@ -1,6 +1,7 @@
 // cider's decode kernels on NVIDIA GPUs (source and why: gpu_decode_src.h):
 // [residual add] -> RMSNorm -> one-row projection -> [bias] -> RoPE or
-// SwiGLU in one graph node, and greedy sampling in one. The model decides
+// SwiGLU in one graph node, a position's attention + o projection in one,
+// the down projection's gemv, and greedy sampling in one. The model decides
 // where they apply (hidden_fused in core/src/models/transformer.rs, the
 // generator's Stepper); this file checks the arguments, runs a self-check
 // against MLX's own ops once per activation type, and launches.

@@ -9,8 +9,9 @@
 //   [residual add] -> RMSNorm -> matrix-vector product -> [bias] -> epilogue
 // with epilogue RoPE on q and k (the attention's input projection, keys and
 // values written straight into the KV cache) or SwiGLU (the MLP's gate and
-// up projection), so a layer is 5 kernels. greedy samples a token in one
-// kernel where MLX's ops take three.
+// up projection); attn_o does a position's attention and o projection, and
+// gemv the down projection, so a layer is 4 kernels. greedy samples a token
+// in one kernel where MLX's ops take three.
 //
 // Every rounding step of MLX's separate ops is kept: the residual sum, the
 // normalised row and its product with the norm weight are rounded to T as
