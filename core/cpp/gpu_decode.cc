@@ -369,8 +369,9 @@ std::string attn_rows(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, flo
 // 2 bytes an element), w [N, K]. Warps a row pair: the fewest giving at
 // least 512 blocks, with 2 chunks in flight a warp; on an H100
 // (bench/gpu_decode.py, ncu, caches flushed, Llama-3.2-1B's 2048 x 8192)
-// S = 4 with 2 in flight took 14.8-15.3 us against 16.7-16.9 with 4 in
-// flight, 15.5-17.8 for S = 8 and 16.1-16.3 for MLX's gemv.
+// S = 4 with 2 in flight took 14.8-15.3 us against 16.7-17.0 with 4 in
+// flight (S = 8: 15.0 with 2, 15.5-17.8 with 4) and 16.1-16.3 for MLX's
+// gemv (bench/results/h100-2026-11-23s-kernels-attn-variants.txt).
 constexpr int GEMV_MAX_K = 16384;
 constexpr int GEMV_IN_FLIGHT = 2;
 int gemv_split(int pairs, int K) {
