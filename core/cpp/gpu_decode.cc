@@ -263,7 +263,8 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
 }
 
 // The attention + o projection kernel (attn_o in gpu_decode_src.h): at
-// most ATTN_TMAX positions (its scores live in shared memory), heads of 64
+// most ATTN_TMAX positions (also the most the q/k/v kernel prefetches:
+// KVPF in norm_gemv) (its scores live in shared memory), heads of 64
 // or 128, at most ATTN_MAX_HEADS query heads (the kernel's MAXH), each in
 // at most ATTN_SLICES slices of its positions (MS). Its scratch (layout in
 // attn_o): the count of units done, the exit counter, slices done per head,
@@ -590,8 +591,8 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
   for (const AttnCase& c : attn_cases)
     if (std::string why = attn_rows(dt, c.HQ, c.HK, c.D, c.N, c.bias, 0.125f, c.ns, c.S, s); !why.empty()) return why;
   // The gemv: a partial 256-wide chunk (K = 640: 3 chunks, S = 4 leaves a
-  // warp none; K = 2184: 9 chunks, the in-flight ring refilled, and x read
-  // from an odd offset), a bias, every split.
+  // warp none; K = 2184: 9 chunks, with S = 2 the in-flight ring refilled,
+  // with S = 8 x read from an odd offset), a bias, every split.
   struct GemvCase {
     int K, N;
     bool bias;

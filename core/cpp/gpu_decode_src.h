@@ -217,11 +217,15 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
   // values of every KV head), which the next kernel, the attention, reads
   // first: there, read from DRAM, they queued behind the o projection's
   // weight loads on the heads' critical path (bench/RESULTS.md, eleventh
-  // pass). A few hundred KB against this kernel's megabytes of weights.
+  // pass). Only up to KVPF positions, the most cider's attention kernel
+  // takes (gpu_decode.cc: ATTN_TMAX): 0.5-4 MB for a 1B model against its
+  // 12.6 MB of weights here; a longer context (MLX's attention) would
+  // stream more than L2 holds.
   if (QN > 0) {
     constexpr int HR = (N - QN) / (D > 1 ? D : 1);                 // key heads, then value heads
     constexpr int LPR = (D * int(sizeof(T)) + 127) / 128;          // 128-byte lines a position
-    const int n = pos[0], lines = HR * n * LPR;                     // positions before this one
+    constexpr int KVPF = 2048;
+    const int n = pos[0] <= KVPF ? pos[0] : 0, lines = HR * n * LPR;  // positions before this one
     const int nt = int(gridDim.x) * TH;
     for (int i = int(blockIdx.x) * TH + tid; i < lines; i += nt) {
       const int r = i / LPR, hd = r / n, p = r % n;

@@ -99,11 +99,13 @@ fn gpu_decode_kernel_agrees_with_mlx() {
         let on = if dtype == Dtype::BF16 { "bfloat16 on" } else { "float16 on" };
         let on = [format!(": {on}"), format!(", {on}")];
         assert!(status.contains("decode: ") && on.iter().any(|o| status.contains(o.as_str())), "{kind}: {status}");
-        // Per layer the q/k/v, gate/up and down projection kernels, and the
-        // attention + o projection kernel where heads x head_dim is a
-        // multiple of 256 (hidden 384: MLX's attention and matmul instead).
+        // Per layer the q/k/v and gate/up kernels, the down projection's
+        // (unless CIDER_GPU_GEMV=0), and the attention + o projection kernel
+        // where heads x head_dim is a multiple of 256 (hidden 384: MLX's
+        // attention and matmul instead) unless CIDER_GPU_ATTN=0.
         let kernels = census.iter().filter(|p| *p == "CustomKernel").count();
-        let per_layer = if hidden % 256 == 0 { 4 } else { 3 };
+        let on = |var: &str| std::env::var(var).as_deref() != Ok("0");
+        let per_layer = 2 + usize::from(on("CIDER_GPU_GEMV")) + usize::from(hidden % 256 == 0 && on("CIDER_GPU_ATTN"));
         assert_eq!(kernels, per_layer * m.net.config.num_layers, "{kind}: custom kernels in the decode step: {census:?}");
         mlx::set_gpu_kernels(false);
         let (theirs, census) = decode(&m);

@@ -379,11 +379,13 @@ impl Transformer {
     /// where the op-for-op path runs eleven nodes (five kernels, six views).
     /// The first also writes the keys and values into the cache's joint
     /// buffer in place (`KvCache::joint_slot`), which takes the two slice
-    /// updates and three slices with it: a layer is 5 kernels and 3 views
-    /// instead of 12 and 10. On an H100 decode is bound by MLX's host time
-    /// per node, so the nodes are the cost. Attention, o and down
-    /// projections are MLX's ops as before. Each layer's MLP output is added
-    /// to the residual by the next layer's kernel (by an add after the last).
+    /// updates and three slices with it. The attention over the cache and the
+    /// o projection are one more kernel (`gpu_attn_o`, up to its most
+    /// positions; MLX's sdpa and matmul beyond), and the down projection
+    /// another (`gpu_gemv`): a layer is 4 kernels where MLX's ops take 12
+    /// kernels and 10 views (on an H100 both the nodes, host time, and the
+    /// kernels' device time count). Each layer's MLP output is added to the
+    /// residual by the next layer's kernel (by an add after the last).
     fn hidden_fused(&self, mut h: Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let caches_offset = caches.first().map_or(0, |c| c.offset());
         // The position, made on the device (MLX's arange) and 16 bytes long
