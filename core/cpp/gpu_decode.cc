@@ -263,8 +263,8 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
 }
 
 // The attention + o projection kernel (attn_o in gpu_decode_src.h): at
-// most ATTN_TMAX positions (also the most the q/k/v kernel prefetches:
-// KVPF in norm_gemv) (its scores live in shared memory), heads of 64
+// most ATTN_TMAX positions (its scores live in shared memory; KVPF in
+// norm_gemv, the positions the q/k/v kernel prefetches, must match), heads of 64
 // or 128, at most ATTN_MAX_HEADS query heads (the kernel's MAXH), each in
 // at most ATTN_SLICES slices of its positions (MS). Its scratch (layout in
 // attn_o): the count of units done, the exit counter, slices done per head,

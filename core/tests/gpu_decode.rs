@@ -104,8 +104,8 @@ fn gpu_decode_kernel_agrees_with_mlx() {
         // where heads x head_dim is a multiple of 256 (hidden 384: MLX's
         // attention and matmul instead) unless CIDER_GPU_ATTN=0.
         let kernels = census.iter().filter(|p| *p == "CustomKernel").count();
-        let on = |var: &str| std::env::var(var).as_deref() != Ok("0");
-        let per_layer = 2 + usize::from(on("CIDER_GPU_GEMV")) + usize::from(hidden % 256 == 0 && on("CIDER_GPU_ATTN"));
+        let enabled = |var: &str| std::env::var(var).as_deref() != Ok("0");
+        let per_layer = 2 + usize::from(enabled("CIDER_GPU_GEMV")) + usize::from(hidden % 256 == 0 && enabled("CIDER_GPU_ATTN"));
         assert_eq!(kernels, per_layer * m.net.config.num_layers, "{kind}: custom kernels in the decode step: {census:?}");
         mlx::set_gpu_kernels(false);
         let (theirs, census) = decode(&m);
