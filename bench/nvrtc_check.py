@@ -7,7 +7,11 @@ function taking the named inputs and outputs, with the template arguments
 as constexpr lines, then the one call line.
 
     pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12   # any venv
-    python bench/nvrtc_check.py [--arch sm_90a]
+    python bench/nvrtc_check.py [--arch sm_90a] [--qmm]
+
+--qmm compiles the prompt-pass kernels instead: the matmuls (gpu_qmm_src.h),
+quantized and dense, every tile the shim picks from, and the attention
+(gpu_pattn_src.h).
 """
 import argparse
 import ctypes
@@ -27,15 +31,20 @@ PRELUDE = """
 typedef unsigned int uint32_t;
 typedef int int32_t;
 struct Shape { int v[8]; __device__ int operator[](int i) const { return v[i]; } };
+struct Strides { long long v[8]; __device__ long long operator[](int i) const { return v[i]; } };
 """
 
 
 def kernel(name, inputs, outputs, targs, call):
     """inputs/outputs: [(name, cuda type)]; targs: [(name, value)], a str value a type."""
     args = [f"const {t}* {n}" for n, t in inputs]
-    for n, _ in inputs:  # MLX passes an input's shape where the call names it
+    for n, _ in inputs:  # MLX passes an input's shape (and ndim) where the call names them
         if f"{n}_shape" in call:
             args.append(f"const __grid_constant__ Shape {n}_shape")
+        if f"{n}_strides" in call:
+            args.append(f"const __grid_constant__ Strides {n}_strides")
+        if f"{n}_ndim" in call:
+            args.append(f"const int {n}_ndim")
     args += [f"{t}* {n}" for n, t in outputs]
     lines = [f"using {k} = {v};" if isinstance(v, str) else
              f"constexpr {'bool' if isinstance(v, bool) else 'int'} {k} = {str(v).lower() if isinstance(v, bool) else v};"
@@ -77,16 +86,56 @@ def variants():
                    [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])
 
 
+QMM_SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_qmm_src.h")).read()
+QMM = dict(zip(re.findall(r'static const char\* (kCider\w+) = R"CUDA\(', QMM_SRC),
+               re.findall(r'R"CUDA\((.*?)\)CUDA"', QMM_SRC, re.S)))
+
+
+def qmm_variants():
+    """(name, device text, inputs, outputs, targs, body) for the prompt matmuls."""
+    # Where MLX names an input's ndim or shape in the body, it passes them.
+    for T in ("__nv_bfloat16", "__half"):
+        t = "bf16" if "bfloat" in T else "f16"
+        for mt, nt, wn, ks in ((2, 4, 1, 8), (4, 4, 4, 1), (4, 4, 1, 4)):
+            tile = [("MT", mt), ("NT", nt), ("WN", wn), ("KS", ks)]
+            for bits in (4, 8):
+                yield (f"qmm{bits}_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", "uint32_t"), ("scales", T), ("biases", T)],
+                       [("y", T)], [("T", T), ("BITS", bits)] + tile + [("G", 64)], QMM["kCiderQmmBody"])
+            yield (f"mm_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", T)], [("y", T)], [("T", T)] + tile,
+                   QMM["kCiderMmBody"])
+            yield (f"mm_bias_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", T), ("bias", T)], [("y", T)], [("T", T)] + tile,
+                   QMM["kCiderMmBiasBody"])
+
+
+PATTN_SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_pattn_src.h")).read()
+PATTN = dict(zip(re.findall(r'static const char\* (kCider\w+) = R"CUDA\(', PATTN_SRC),
+                 re.findall(r'R"CUDA\((.*?)\)CUDA"', PATTN_SRC, re.S)))
+
+
+def pattn_variants():
+    for T in ("__nv_bfloat16", "__half"):
+        t = "bf16" if "bfloat" in T else "f16"
+        for D, HQ, HK, ROPE in ((64, 32, 8, 2), (96, 32, 32, 0), (128, 16, 8, 1)):
+            yield (f"pattn_{t}_D{D}_rope{ROPE}", [("q", T), ("k", T), ("v", T), ("freqs", "float")], [("o", T)],
+                   [("T", T), ("D", D), ("QT", 16), ("HQ", HQ), ("HK", HK), ("ROPE", ROPE),
+                    ("LOG2B", fbits(13.3)), ("PSCALE", fbits(1.0)), ("SCALE", fbits(0.18))],
+                   PATTN["kCiderPattnBody"])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90a")
+    ap.add_argument("--qmm", action="store_true", help="the prompt kernels (gpu_qmm_src.h, gpu_pattn_src.h)")
     a = ap.parse_args()
+    global DEVICE
+    if a.qmm:
+        DEVICE = QMM["kCiderQmmHeader"] + PATTN["kCiderPattnHeader"]
     import nvidia.cuda_nvrtc, nvidia.cuda_runtime  # noqa: E401  (pip packages named in the docstring)
     lib = sorted(glob.glob(os.path.join(list(nvidia.cuda_nvrtc.__path__)[0], "lib", "libnvrtc.so*")))[0]
     inc = os.path.join(list(nvidia.cuda_runtime.__path__)[0], "include")
     nvrtc = ctypes.CDLL(lib)
     failed = 0
-    for name, ins, outs, targs, call in variants():
+    for name, ins, outs, targs, call in ([*qmm_variants(), *pattn_variants()] if a.qmm else variants()):
         src = PRELUDE + DEVICE + kernel(name, ins, outs, targs, call)
         prog = ctypes.c_void_p()
         assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(), 0, None, None) == 0

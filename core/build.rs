@@ -59,6 +59,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/cpu_linear.cc");
     println!("cargo:rerun-if-changed=cpp/gpu_qmm.cc");
     println!("cargo:rerun-if-changed=cpp/gpu_qmm_src.h");
+    println!("cargo:rerun-if-changed=cpp/gpu_pattn.cc");
+    println!("cargo:rerun-if-changed=cpp/gpu_pattn_src.h");
     println!("cargo:rerun-if-changed=cpp/gpu_decode.cc");
     println!("cargo:rerun-if-changed=cpp/gpu_decode_src.h");
     println!("cargo:rerun-if-changed=src/mlx/ffi.rs");
@@ -75,6 +77,7 @@ fn main() {
         .file("cpp/shim.cc")
         .file("cpp/cpu_linear.cc")
         .file("cpp/gpu_qmm.cc")
+        .file("cpp/gpu_pattn.cc")
         .file("cpp/gpu_decode.cc")
         .std("c++20")
         .flag_if_supported("-Wno-unused-parameter")

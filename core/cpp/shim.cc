@@ -248,11 +248,13 @@ ArrPtr log(const Array& a) { return wrap(mx::log(a.a)); }
 ArrPtr matmul(const Array& a, const Array& b, int32_t worker) {
   auto sd = on_worker(worker);
   if (auto y = try_cpu_linear(a.a, b.a, std::nullopt, sd)) return wrap(*y);
+  if (auto y = try_gpu_linear(a.a, b.a, std::nullopt, sd)) return wrap(*y);
   return wrap(mx::matmul(a.a, b.a, sd));
 }
 ArrPtr addmm(const Array& c, const Array& a, const Array& b, int32_t worker) {
   auto sd = on_worker(worker);
   if (auto y = try_cpu_linear(a.a, b.a, c.a, sd)) return wrap(*y);
+  if (auto y = try_gpu_linear(a.a, b.a, c.a, sd)) return wrap(*y);
   return wrap(mx::addmm(c.a, a.a, b.a, 1.0f, 1.0f, sd));
 }
 ArrPtr swiglu(const Array& gate, const Array& x) {
@@ -352,6 +354,13 @@ ArrPtr sdpa(const Array& q, const Array& k, const Array& v, float scale, rust::S
   if (has_mask) m = mask.a;
   return wrap(mx::fast::scaled_dot_product_attention(q.a, k.a, v.a, scale,
                                                      std::string(mask_mode), m));
+}
+
+ArrPtr gpu_prefill_attention(const Array& q, const Array& k, const Array& v, float scale, int32_t rope_mode,
+                             const Array& freqs, float log2_base, float rope_scale) {
+  PattnRope rope{rope_mode != 0, rope_mode == 2 ? &freqs.a : nullptr, log2_base, rope_scale};
+  if (auto o = try_gpu_prefill_attention(q.a, k.a, v.a, scale, rope)) return wrap(*o);
+  return nullptr;
 }
 
 ArrPtr random_key(uint64_t seed) { return wrap(mx::random::key(seed)); }

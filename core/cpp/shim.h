@@ -86,6 +86,31 @@ mlx::core::Dtype to_dtype(uint8_t code);
 std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,
                                                 const mlx::core::array& scales, const mlx::core::array& biases,
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
+// The same for a dense layer: x times wt, the [K, N] transposed view of a
+// row-contiguous [N, K] weight (+ a bias of N values), for prompt rows.
+std::optional<mlx::core::array> try_gpu_linear(const mlx::core::array& x, const mlx::core::array& wt,
+                                               const std::optional<mlx::core::array>& bias,
+                                               mlx::core::StreamOrDevice sd);
+// RoPE for q inside the prompt attention: none (`rotate` false: q comes
+// rotated), or MLX's non-traditional RoPE over the whole head with `freqs`
+// (float32 [D / 2]) or base 2^log2_base, positions times `scale`.
+struct PattnRope {
+  bool rotate = false;
+  const mlx::core::array* freqs = nullptr;
+  float log2_base = 0.0f, scale = 1.0f;
+};
+// cider's causal attention for short prompt passes (gpu_pattn.cc): q [1, Hq,
+// L, D], k and v [1, Hk, keys, D] -> [L, Hq * D], or nullopt where it does
+// not apply (then MLX's op is used).
+std::optional<mlx::core::array> try_gpu_prefill_attention(const mlx::core::array& q, const mlx::core::array& k,
+                                                          const mlx::core::array& v, float scale,
+                                                          const PattnRope& rope, mlx::core::StreamOrDevice sd = {});
+// "" before its first use, else "on (<heads>)" and which are off and why.
+std::string gpu_pattn_status();
+// The same through the bridge: null where it does not apply. rope_mode 0:
+// q rotated already; 1: base 2^log2_base; 2: `freqs`.
+ArrPtr gpu_prefill_attention(const Array& q, const Array& k, const Array& v, float scale, int32_t rope_mode,
+                             const Array& freqs, float log2_base, float rope_scale);
 // false: MLX's op from now on (until true again), for comparisons.
 void gpu_kernels_enable(bool on);
 // Whether the environment variable `name` is "0": cider's switches that

@@ -1,7 +1,8 @@
-//! cider's 4/8-bit prompt matmul on NVIDIA GPUs (core/cpp/gpu_qmm.cc) must
-//! pass its self-check, be used by a quantized model's prompt pass, and give
-//! logits that agree with those of MLX's own quantized_matmul on the same
-//! GPU to rounding (it sums in another order, so not bit for bit).
+//! cider's prompt-pass kernels on NVIDIA GPUs, the 4/8-bit and dense matmul
+//! (core/cpp/gpu_qmm.cc) and the causal attention (gpu_pattn.cc), must pass
+//! their self-checks, be used by a model's prompt pass, and give logits that
+//! agree with those of MLX's own ops (quantized_matmul, cuBLAS, cuDNN) on
+//! the same GPU to rounding (they sum in another order, so not bit for bit).
 //! Needs the CUDA build of MLX (mlx-cuda); skips elsewhere, so CI here skips
 //! it: it is run on the lent GPU machine (bench/RESULTS.md, fifth pass).
 //! One test function: the on/off switch is process-wide.
@@ -24,22 +25,31 @@ fn gpu_prompt_kernel_agrees_with_mlx() {
     }
     // 40 rows: one partial 32- or 64-row tile.
     let prompt: Vec<i32> = (0..40).map(|k| (k * 7 + 3) % WORDS.len() as i32).collect();
-    let kinds = [(Dtype::BF16, 4, 64), (Dtype::F16, 4, 32), (Dtype::BF16, 4, 128), (Dtype::BF16, 8, 64), (Dtype::F16, 8, 32)];
+    // bits 16: dense weights.
+    let kinds = [(Dtype::BF16, 4, 64), (Dtype::F16, 4, 32), (Dtype::BF16, 4, 128), (Dtype::BF16, 8, 64), (Dtype::F16, 8, 32),
+        (Dtype::BF16, 16, 0), (Dtype::F16, 16, 0)];
     for (i, (dtype, bits, gs)) in kinds.into_iter().enumerate() {
         let dir = tmpdir(&format!("gpu-qmm-{i}"));
-        write_model(&dir, &Spec { hidden: 256, inter: 512, heads: 4, kv_heads: 2, dtype, quant: Some((bits, gs)), ..Default::default() });
+        let quant = if bits == 16 { None } else { Some((bits, gs)) };
+        write_model(&dir, &Spec { hidden: 256, inter: 512, heads: 4, kv_heads: 2, dtype, quant, ..Default::default() });
 
         mlx::device::set_gpu(true).unwrap();
         let m = Model::load(&dir).unwrap();
         mlx::set_gpu_kernels(true);
         let (ours, census) = logits(&m, &prompt);
         let status = mlx::gpu_kernels_status();
-        let kind = format!("{} {bits}-bit g{gs}", if dtype == Dtype::BF16 { "bfloat16" } else { "float16" });
+        let ty = if dtype == Dtype::BF16 { "bfloat16" } else { "float16" };
+        let kind = if bits == 16 { format!("{ty} dense") } else { format!("{ty} {bits}-bit g{gs}") };
+        // 4 query heads over 2 KV heads of 64: the attention kernel's check.
+        let heads = format!("{ty} 4/2 heads of 64");
         if status.contains("compute capability") {
             eprintln!("skipped: {status}");
             return;
         }
         assert!(status.starts_with("on (") && status.contains(&kind) && !status.contains(&format!("{kind}:")), "{kind}: {status}");
+        let attn = status.split("prompt attention: ").nth(1).unwrap_or("").split("; decode").next().unwrap();
+        assert!(attn.starts_with("on (") && attn.contains(&heads) && !attn.contains(&format!("{heads}:")),
+            "{kind}: attention kernel not in use: {status}");
         assert!(census.iter().any(|p| p == "CustomKernel"), "{kind}: kernel not in the prompt pass: {census:?}");
         mlx::set_gpu_kernels(false);
         let (theirs, census) = logits(&m, &prompt);

@@ -667,6 +667,23 @@ impl Array {
         }
     }
 
+    /// Causal attention of one sequence's prompt rows through cider's GPU
+    /// kernel (core/cpp/gpu_pattn.cc): q [1, Hq, L, D], k and v [1, Hk,
+    /// keys, D] -> [L, Hq * D], the o projection's input. With `rope`
+    /// (`Rope::fused_params`: freqs, or log2 of the base; position scale),
+    /// q comes unrotated and the kernel rotates it at positions keys - L +
+    /// i. `None` where the kernel does not apply (not a GPU, too many keys,
+    /// a failed self-check, ...): then `sdpa` does the same.
+    pub fn sdpa_causal_rows(q: &Array, k: &Array, v: &Array, scale: f32, rope: Option<(Option<&Array>, f32, f32)>) -> Result<Option<Array>> {
+        let (mode, freqs, log2_base, rope_scale) = match rope {
+            None => (0, q, 0.0, 1.0),
+            Some((None, log2_base, s)) => (1, q, log2_base, s),
+            Some((Some(f), _, s)) => (2, f, 0.0, s),
+        };
+        let p = ffi::gpu_prefill_attention(&q.inner, &k.inner, &v.inner, scale, mode, &freqs.inner, log2_base, rope_scale)?;
+        Ok(if p.is_null() { None } else { Some(Array { inner: p }) })
+    }
+
     pub fn random_key(seed: u64) -> Result<Array> {
         wrap(ffi::random_key(seed))
     }

@@ -113,6 +113,9 @@ pub(crate) mod ffi {
         fn rope(x: &Array, dims: i32, traditional: bool, base: f32, scale: f32, offset: i32) -> Result<UniquePtr<Array>>;
         fn rope_freqs(x: &Array, dims: i32, traditional: bool, scale: f32, offset: i32, freqs: &Array) -> Result<UniquePtr<Array>>;
         fn sdpa(q: &Array, k: &Array, v: &Array, scale: f32, mask_mode: &str, mask: &Array, has_mask: bool) -> Result<UniquePtr<Array>>;
+        #[allow(clippy::too_many_arguments)]
+        fn gpu_prefill_attention(q: &Array, k: &Array, v: &Array, scale: f32, rope_mode: i32, freqs: &Array,
+            log2_base: f32, rope_scale: f32) -> Result<UniquePtr<Array>>;
 
         fn random_key(seed: u64) -> Result<UniquePtr<Array>>;
         fn random_split(key: &Array) -> Result<UniquePtr<ArrayList>>;

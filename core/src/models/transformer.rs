@@ -144,6 +144,23 @@ impl Attention {
             let o = Array::sdpa(&q, &k, &v, self.scale, &Mask::None)?;
             return self.o_proj.forward(&o.reshape(&[b, hq * d])?);
         }
+        let mut q = q;
+        if l > 1 && b == 1 && matches!(mask, Mask::Causal) && !roped {
+            // A short prompt on an NVIDIA GPU: cider's kernel, rows ready for
+            // the o projection, rotating q itself where it can
+            // (core/cpp/gpu_pattn.cc says why).
+            if let Some(fused) = rope.fused_params(d) {
+                if let Some(o) = Array::sdpa_causal_rows(&q, &k, &v, self.scale, Some(fused))? {
+                    return self.o_proj.forward(&o);
+                }
+            } else {
+                q = rope.forward(&q, offset)?;
+                roped = true;
+                if let Some(o) = Array::sdpa_causal_rows(&q, &k, &v, self.scale, None)? {
+                    return self.o_proj.forward(&o);
+                }
+            }
+        }
         let q = if roped { q } else { rope.forward(&q, offset)? };
         let o = Array::sdpa(&q, &k, &v, self.scale, mask)?;
         let o = if l == 1 { o.reshape(&[b, hq * d])? } else { o.transpose(&[0, 2, 1, 3])?.reshape(&[b * l, hq * d])? };
@@ -312,6 +329,21 @@ impl Transformer {
     /// per projection and the same matrix product.
     /// With `last` (one sequence), the last layer keeps only the last row.
     fn hidden(&self, ids: &Array, b: i32, l: i32, caches: &mut [Box<dyn KvCache>], last: bool) -> Result<Array> {
+        // A prompt's ids were just written by the host, and MLX keeps such
+        // arrays in CUDA managed memory: the first kernel to read them on
+        // the GPU faults their page over. The embedding's gather, with
+        // every thread reading ids, took 166 us that way on an H100 (a
+        // 128-token prompt under ncu); copied first by a one-block kernel
+        // (a cast to u32, the index type decode steps use) the pair costs
+        // about 10 us more than ids already on the device
+        // (bench/prompt_ids.py).
+        let copied;
+        let ids = if b * l > 1 && crate::mlx::device::is_gpu() {
+            copied = ids.astype(Dtype::U32)?;
+            &copied
+        } else {
+            ids
+        };
         let mut h = self.embed.forward(ids)?;
         if b == 1
             && l == 1
