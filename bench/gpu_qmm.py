@@ -1,5 +1,4 @@
 """cider's 4/8-bit prompt matmul (core/cpp/gpu_qmm_src.h) against MLX's, per shape.
-With --bits 16, its dense form (bf16/f16 weights) against MLX's matmul (cuBLAS).
 
 Runs the same CUDA text the shim compiles, through mx.fast.cuda_kernel, for
 each tile configuration (MT, NT, WN, KS) that divides the shape, checks it
@@ -32,9 +31,7 @@ from qmm_prompt import SHAPES, timed  # the same shapes and per-call timer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_qmm_src.h")).read()
-HEADER, BODY, MM_BODY, _ = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
-# MLX's kernels for the reference product: quantized, or cuBLAS's for dense.
-REF = ("qmm_sm80", "qmv", "qmm_naive", "gemm", "nvjet", "xmma", "cutlass", "gemv")
+HEADER, BODY = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
 
 # (MT, NT, WN, KS): warp tile 16 MT x 8 NT, WN warps along N, KS along K.
 CONFIGS = [
@@ -43,60 +40,52 @@ CONFIGS = [
     (4, 2, 2, 4), (4, 2, 4, 2), (8, 2, 2, 2), (2, 4, 1, 8), (4, 2, 1, 8),
 ]
 
-_KERNEL = {}
+_KERNEL = []
 
 
-def kernel(dense=False):
-    if dense not in _KERNEL:  # made at first use: --from-ncu needs no GPU
-        _KERNEL[dense] = mx.fast.cuda_kernel(
-            name="cider_mm" if dense else "cider_qmm",
-            input_names=["x", "w"] if dense else ["x", "w", "scales", "biases"], output_names=["y"],
-            source=MM_BODY if dense else BODY, header=HEADER, ensure_row_contiguous=True)
-    return _KERNEL[dense]
+def kernel():
+    if not _KERNEL:  # made at first use: --from-ncu needs no GPU
+        _KERNEL.append(mx.fast.cuda_kernel(
+            name="cider_qmm", input_names=["x", "w", "scales", "biases"], output_names=["y"],
+            source=BODY, header=HEADER, ensure_row_contiguous=True))
+    return _KERNEL[0]
 
 
 def cider_qmm(x, wq, sc, bi, group, cfg, bits=4):
-    """bits 16: wq is the dense weight [N, K]; sc, bi are not used."""
     mt, nt, wn, ks = cfg
     m, n = x.shape[0], wq.shape[0]
     bn, bm = 8 * nt * wn, 16 * mt
     threads = 32 * wn * ks
-    dense = bits == 16
-    tiles = [("MT", mt), ("NT", nt), ("WN", wn), ("KS", ks)]
-    return kernel(dense)(
-        # dense: the transposed view, as cider's Linear passes it (read in place)
-        inputs=[x, wq.T] if dense else [x, wq, sc, bi], output_shapes=[(m, n)], output_dtypes=[x.dtype],
+    return kernel()(
+        inputs=[x, wq, sc, bi], output_shapes=[(m, n)], output_dtypes=[x.dtype],
         grid=(threads * (n // bn), (m + bm - 1) // bm, 1), threadgroup=(threads, 1, 1),
-        template=[("T", x.dtype)] + tiles if dense else
-        [("T", x.dtype), ("BITS", bits)] + tiles + [("G", group)])[0]
+        template=[("T", x.dtype), ("BITS", bits), ("MT", mt), ("NT", nt), ("WN", wn), ("KS", ks), ("G", group)])[0]
 
 
 def from_ncu(a):
     """Median device us per kernel, per (M, shape): MLX's, then each config."""
     seq = [(name, us) for name, _, _, us in rows(a.from_ncu)
-           if "cider_" in name or any(r in name for r in REF)]
+           if "cider_qmm" in name or "qmm_sm80" in name or "qmv" in name or "qmm_naive" in name]
     # A shape's kernels: MLX's (the reference call, then 3), then 3 per config.
     groups, cur = [], None
     for name, us in seq:
-        ours = "cider_" in name
-        if not ours and (cur is None or any("cider_" in n for n, _ in cur)):
+        ours = "cider_qmm" in name
+        if not ours and (cur is None or any("cider_qmm" in n for n, _ in cur)):
             cur = []
             groups.append(cur)
         cur.append((name, us))
     shapes = [s for s in SHAPES if not a.shapes or s[0] in a.shapes.split(",")]
     cfgs = ["_".join(map(str, c)) for c in CONFIGS]
-    print(f"device us per call (median of 3), ncu; {'dense' if a.bits == 16 else f'{a.bits}-bit group {a.group}'}")
+    print(f"device us per call (median of 3), ncu; {a.bits}-bit group {a.group}")
     print(f"{'M':>5} {'model':13} {'proj':8} {'N':>6} {'K':>5} {'MLX':>7} " + " ".join(f"{c:>8}" for c in cfgs))
     it = iter(groups)
     for m in a.m:
         for model, proj, N, K in shapes:
             g = next(it)
-            mlx = statistics.median(us for n, us in g if "cider_" not in n)
+            mlx = statistics.median(us for n, us in g if "cider_qmm" not in n)
             by = {}
             for n, us in g:
-                pat = r"cider_mm_\w+?_(\d+_\d+_\d+_\d+)$" if a.bits == 16 else \
-                    r"cider_qmm4?_\w+?_(\d+_\d+_\d+_\d+)_\d+$"
-                mt = re.search(pat, n.split("::")[-1])
+                mt = re.search(r"cider_qmm4?_\w+?_(\d+_\d+_\d+_\d+)_\d+$", n.split("::")[-1])
                 if mt:
                     by.setdefault(mt.group(1), []).append(us)
             print(f"{m:5} {model:13} {proj:8} {N:6} {K:5} {mlx:7.1f} "
@@ -109,7 +98,7 @@ def main():
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--group", type=int, default=64)
-    ap.add_argument("--bits", type=int, default=4, choices=(4, 8, 16), help="16: dense weights")
+    ap.add_argument("--bits", type=int, default=4, choices=(4, 8))
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--shapes", default="")
     ap.add_argument("--configs", default="", help="only these, e.g. 2,4,1,8:4,4,1,4")
@@ -129,15 +118,10 @@ def main():
                 continue
             mx.random.seed(0)
             w = (mx.random.normal((N, K)) * 0.02).astype(dt)
-            if a.bits == 16:
-                wq, sc, bi = w, None, None
-                wt = w.T  # as cider's Linear: a transposed view made once
-                qmm = lambda y: y @ wt
-            else:
-                wq, sc, bi = mx.quantize(w, group_size=a.group, bits=a.bits)
-                qmm = lambda y: mx.quantized_matmul(y, wq, sc, bi, transpose=True, group_size=a.group, bits=a.bits)
+            wq, sc, bi = mx.quantize(w, group_size=a.group, bits=a.bits)
             x = mx.random.normal((m, K)).astype(dt)
-            mx.eval(wq, x)
+            mx.eval(wq, sc, bi, x)
+            qmm = lambda y: mx.quantized_matmul(y, wq, sc, bi, transpose=True, group_size=a.group, bits=a.bits)
             ref = qmm(x).astype(mx.float32)
             if a.once:
                 print(f"M={m} {model} {proj} {N} {K}", flush=True)

@@ -9,8 +9,8 @@ as constexpr lines, then the one call line.
     pip install nvidia-cuda-nvrtc-cu12 nvidia-cuda-runtime-cu12   # any venv
     python bench/nvrtc_check.py [--arch sm_90a] [--qmm]
 
---qmm compiles the prompt-pass kernels instead: the matmuls (gpu_qmm_src.h),
-quantized and dense, every tile the shim picks from, and the attention
+--qmm compiles the prompt-pass kernels instead: the quantized matmul
+(gpu_qmm_src.h), every tile the shim picks from, and the attention
 (gpu_pattn_src.h).
 """
 import argparse
@@ -101,10 +101,6 @@ def qmm_variants():
             for bits in (4, 8):
                 yield (f"qmm{bits}_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", "uint32_t"), ("scales", T), ("biases", T)],
                        [("y", T)], [("T", T), ("BITS", bits)] + tile + [("G", 64)], QMM["kCiderQmmBody"])
-            yield (f"mm_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", T)], [("y", T)], [("T", T)] + tile,
-                   QMM["kCiderMmBody"])
-            yield (f"mm_bias_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", T), ("bias", T)], [("y", T)], [("T", T)] + tile,
-                   QMM["kCiderMmBiasBody"])
 
 
 PATTN_SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_pattn_src.h")).read()

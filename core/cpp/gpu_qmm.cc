@@ -31,16 +31,6 @@ namespace {
 constexpr int MIN_ROWS = 9;
 int max_rows(int bits) { return bits == 8 ? 512 : 2048; }
 
-// Dense weights: cuBLAS's kernels (TMA, wgmma) take 1.7-3x less device time
-// than this one at 128 rows, but each cuBLAS call costs 14-17 us of host
-// time (a stream capture into MLX's graph) against 3-5 us for a custom
-// kernel, and a bf16 prompt pass is bound by host time. So this kernel takes
-// only the projections where it loses the least device time: up to 8M
-// weights and K up to 4096 (q/k/v and o: 7 us more device time, 9 us less
-// host time each at 128 rows on an H100; the MLP's would lose 30-50 us), for
-// up to 256 rows (at 512 it is 3-4x slower: bench/RESULTS.md).
-constexpr int64_t MM_MAX_ROWS = 256, MM_MAX_K = 4096, MM_MAX_WEIGHTS = int64_t(8) << 20;
-
 // Warp tile 16 MT x 8 NT, WN warps along N, KS warps splitting K.
 struct Cfg {
   int mt, nt, wn, ks;
@@ -70,39 +60,6 @@ const mx::fast::CustomKernelFunction& kernel() {
       "cider_qmm", {"x", "w", "scales", "biases"}, {"y"}, kCiderQmmBody, kCiderQmmHeader,
       /*ensure_row_contiguous=*/true, /*shared_memory=*/0);
   return k;
-}
-
-// Dense weights (BITS 16), with or without a bias row. `w` is the layer's
-// transposed view [K, N] of a row-contiguous [N, K] weight (as cider's
-// Linear passes it to matmul), read in place: so no row-contiguous copies
-// (the caller checks x and w's layouts).
-const mx::fast::CustomKernelFunction& mm_kernel(bool bias) {
-  static const mx::fast::CustomKernelFunction k = mx::fast::cuda_kernel(
-      "cider_mm", {"x", "w"}, {"y"}, kCiderMmBody, kCiderQmmHeader, /*ensure_row_contiguous=*/false, 0);
-  static const mx::fast::CustomKernelFunction kb = mx::fast::cuda_kernel(
-      "cider_mm_bias", {"x", "w", "bias"}, {"y"}, kCiderMmBiasBody, kCiderQmmHeader, false, 0);
-  return bias ? kb : k;
-}
-
-// x row-contiguous [.., K], wt [K, N] with strides (1, K).
-bool mm_layout(const mx::array& x, const mx::array& wt) {
-  return x.flags().row_contiguous && wt.ndim() == 2 && wt.strides(0) == 1 && wt.strides(1) == wt.shape(0) &&
-         wt.data_size() == wt.size();
-}
-
-mx::array run_mm(const mx::array& x, const mx::array& wt, const std::optional<mx::array>& bias, Cfg c,
-                 const mx::Stream& s) {
-  const int K = x.shape(-1), N = wt.shape(1);
-  const int M = int(x.size() / K);
-  auto shape = x.shape();
-  shape.back() = N;
-  const int threads = 32 * c.wn * c.ks, bn = 8 * c.nt * c.wn, bm = 16 * c.mt;
-  std::vector<mx::array> in{x, wt};
-  if (bias) in.push_back(*bias);
-  return mm_kernel(bias.has_value())(in, {shape}, {x.dtype()}, {threads * (N / bn), (M + bm - 1) / bm, 1},
-                                     {threads, 1, 1},
-                                     {{"T", x.dtype()}, {"MT", c.mt}, {"NT", c.nt}, {"WN", c.wn}, {"KS", c.ks}},
-                                     std::nullopt, false, s)[0];
 }
 
 mx::array run(const mx::array& x, const mx::array& w, const mx::array& scales, const mx::array& biases,
@@ -153,34 +110,6 @@ std::string self_check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
   return "";
 }
 
-// Dense: every tile, with and without a bias, against MLX's matmul (cuBLAS)
-// and addmm; the same 2 % as above.
-std::string self_check_mm(mx::Dtype dt, const mx::Stream& s) {
-  const int M = 40, N = 256, K = 1024;
-  auto rnd = [&](mx::Shape shape, float sd, int seed) {
-    return mx::astype(mx::random::normal(shape, mx::float32, 0.0f, sd, mx::random::key(seed), s), dt, s);
-  };
-  auto x = rnd({M, K}, 1.0f, 7), w = rnd({N, K}, 0.05f, 8), b = rnd({N}, 1.0f, 9);
-  auto wt = mx::transpose(w, {1, 0}, s);
-  mx::eval({x, wt, b});
-  if (!mm_layout(x, wt)) return "the self-check's inputs are not laid out as a layer's";
-  for (bool has_bias : {false, true}) {
-    auto ref = mx::astype(has_bias ? mx::addmm(b, x, wt, 1.0f, 1.0f, s) : mx::matmul(x, wt, s), mx::float32, s);
-    for (Cfg c : TILES) {
-      auto y = mx::astype(run_mm(x, wt, has_bias ? std::optional<mx::array>(b) : std::nullopt, c, s), mx::float32, s);
-      auto err = mx::max(mx::abs(mx::subtract(y, ref, s), s), s);
-      auto top = mx::max(mx::abs(ref, s), s);
-      mx::eval({err, top});
-      const float e = err.item<float>(), t = top.item<float>();
-      if (!(e <= 0.02f * t))
-        return "results differ from MLX's (dense, tile " + std::to_string(c.mt) + "x" + std::to_string(c.nt) + "x" +
-               std::to_string(c.wn) + "x" + std::to_string(c.ks) + (has_bias ? ", bias" : "") + ": max |diff| " +
-               std::to_string(e) + " of " + std::to_string(t) + ")";
-    }
-  }
-  return "";
-}
-
 // Cleared by gpu_kernels_enable(false): MLX's op is used instead.
 std::atomic<bool> wanted{true};
 
@@ -196,13 +125,11 @@ const std::string& check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
   std::string why;
   if (env_off("CIDER_GPU_KERNELS")) {
     why = "turned off by CIDER_GPU_KERNELS=0";
-  } else if (bits == 16 && env_off("CIDER_GPU_MM")) {
-    why = "turned off by CIDER_GPU_MM=0";
   } else if (!cuda_sm80()) {
     why = "needs an NVIDIA GPU of compute capability 8.0 or newer";
   } else {
     try {
-      why = bits == 16 ? self_check_mm(dt, s) : self_check(dt, bits, gs, s);
+      why = self_check(dt, bits, gs, s);
     } catch (const std::exception& e) {
       why = std::string("self-check failed: ") + e.what();
     }
@@ -231,24 +158,6 @@ std::optional<mx::array> try_gpu_qlinear(const mx::array& x, const mx::array& w,
   return run(x, w, scales, biases, bits, group_size, choose(int(M), N, K), s);
 }
 
-std::optional<mx::array> try_gpu_linear(const mx::array& x, const mx::array& wt, const std::optional<mx::array>& bias,
-                                        mx::StreamOrDevice sd) {
-  const mx::Stream s = mx::to_stream(sd);
-  const mx::Dtype dt = x.dtype();
-  if (s.device != mx::Device::gpu || (dt != mx::bfloat16 && dt != mx::float16) || wt.dtype() != dt ||
-      x.ndim() < 1 || x.size() == 0 || !mm_layout(x, wt))
-    return std::nullopt;
-  const int K = x.shape(-1), N = wt.shape(1);
-  const int64_t M = int64_t(x.size()) / K;
-  if (M < MIN_ROWS || M > MM_MAX_ROWS || wt.shape(0) != K || K % 32 != 0 || N % 32 != 0 || K > MM_MAX_K ||
-      int64_t(N) * K > MM_MAX_WEIGHTS)
-    return std::nullopt;
-  if (bias && (bias->dtype() != dt || bias->size() != size_t(N) || !bias->flags().row_contiguous))
-    return std::nullopt;
-  if (!wanted || !mx::cu::is_available() || !check(dt, 16, 0, s).empty()) return std::nullopt;
-  return run_mm(x, wt, bias, choose(int(M), N, K), s);
-}
-
 void gpu_kernels_enable(bool on) { wanted = on; }
 bool gpu_kernels_wanted() { return wanted; }
 
@@ -263,7 +172,7 @@ rust::String gpu_kernels_status() {
   for (const auto& [k, why] : checks) {
     const auto& [dt, bits, gs] = k;
     std::string what = std::string(dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " " +
-                       (bits == 16 ? std::string("dense") : std::to_string(bits) + "-bit g" + std::to_string(gs));
+                       std::to_string(bits) + "-bit g" + std::to_string(gs);
     if (why.empty())
       on += (on.empty() ? "" : ", ") + what;
     else

@@ -91,15 +91,10 @@ __device__ __forceinline__ u32 dequant_pair8(u32 word, float s, float b) {
   return bits(Kind<T>::pack(fmaf(q0, s, b), fmaf(q1, s, b)));
 }
 
-// A thread's 8 weights of a chunk: BITS 4 one word, 8 two, 16 (dense
-// T weights, no scales or biases) four.
-template <int BITS> struct Words { using type = uint2; };
-template <> struct Words<16> { using type = uint4; };
-
+// BITS 4: a thread's 8 weights of a chunk are one word; BITS 8: two.
 template <typename T, int BITS, int MT, int NT, int WN, int KS, int G>
 __device__ __forceinline__ void qmm(const T* x, const u32* w,
-    const T* scales, const T* biases, T* y, int M, int N, int K,
-    const T* bias = nullptr) {
+    const T* scales, const T* biases, T* y, int M, int N, int K) {
   using K_ = Kind<T>;
   using T2 = typename K_::T2;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -132,11 +127,10 @@ __device__ __forceinline__ void qmm(const T* x, const u32* w,
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.f;
 
-  using BW = typename Words<BITS>::type;
   uint4 a[MT][2];
-  BW b[NT];  // 4-bit: .x only
+  uint2 b[NT];  // 4-bit: .x only
   T sc[NT], bi[NT];
-  auto load = [&](int c, uint4 (&a_)[MT][2], BW (&b_)[NT], T (&s_)[NT], T (&bb_)[NT]) {
+  auto load = [&](int c, uint4 (&a_)[MT][2], uint2 (&b_)[NT], T (&s_)[NT], T (&bb_)[NT]) {
 #pragma unroll
     for (int i = 0; i < MT; ++i)
 #pragma unroll
@@ -144,15 +138,10 @@ __device__ __forceinline__ void qmm(const T* x, const u32* w,
     const int gi = (32 * c) / G;
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
-      if constexpr (BITS == 16) {
-        // The same 8 k of the permuted order as x's 16-byte load.
-        b_[j] = __ldg(reinterpret_cast<const uint4*>(w) + (size_t)wo[j] * (K / 8) + 4 * c + t);
-        continue;
-      } else if constexpr (BITS == 8) {
+      if constexpr (BITS == 8)
         b_[j] = __ldg(reinterpret_cast<const uint2*>(w) + (size_t)wo[j] * kw + 4 * c + t);
-      } else {
+      else
         b_[j].x = __ldg(w + (size_t)wo[j] * kw + 4 * c + t);
-      }
       s_[j] = scales[(size_t)wo[j] * gpr + gi];
       bb_[j] = biases[(size_t)wo[j] * gpr + gi];
     }
@@ -162,18 +151,13 @@ __device__ __forceinline__ void qmm(const T* x, const u32* w,
 #pragma unroll 1
   for (; c < chunks; c += KS) {
     uint4 an[MT][2];
-    BW bn[NT];
+    uint2 bn[NT];
     T sn[NT], bin[NT];
     if (c + KS < chunks) load(c + KS, an, bn, sn, bin);
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       u32 p0, p1, p2, p3;
-      if constexpr (BITS == 16) {
-        p0 = b[j].x;
-        p1 = b[j].y;
-        p2 = b[j].z;
-        p3 = b[j].w;
-      } else if constexpr (BITS == 8) {
+      if constexpr (BITS == 8) {
         const float s1 = float(sc[j]), b1 = float(bi[j]);
         p0 = dequant_pair8<T, 0>(b[j].x, s1, b1);
         p1 = dequant_pair8<T, 1>(b[j].x, s1, b1);
@@ -230,12 +214,8 @@ __device__ __forceinline__ void qmm(const T* x, const u32* w,
 #pragma unroll
       for (int j = 0; j < NT; ++j) {
         const int col = col0 + 8 * j + 2 * t;
-        float v0 = acc[i][j][2 * h], v1 = acc[i][j][2 * h + 1];
-        if (bias) {  // one rounding, as a product with a bias epilogue
-          v0 += float(bias[col]);
-          v1 += float(bias[col + 1]);
-        }
-        *reinterpret_cast<T2*>(y + (size_t)r * N + col) = K_::pack(v0, v1);
+        *reinterpret_cast<T2*>(y + (size_t)r * N + col) =
+            K_::pack(acc[i][j][2 * h], acc[i][j][2 * h + 1]);
       }
     }
 }
@@ -252,24 +232,4 @@ static const char* kCiderQmmBody = R"CUDA(
   const int K = x_shape[x_ndim - 1];
   const int N = w_shape[0];
   cider_qmm::qmm<T, BITS, MT, NT, WN, KS, G>(x, w, scales, biases, y, M, N, K);
-)CUDA";
-
-// Dense weights (BITS 16): inputs x, w (T [K, N], the transposed view of a
-// row-contiguous [N, K] weight, read as that); output y. The same tiles, no
-// scales; kCiderMmBiasBody adds a bias row (input `bias`, N values).
-static const char* kCiderMmBody = R"CUDA(
-  int M = 1;
-  for (int d = 0; d < x_ndim - 1; ++d) M *= x_shape[d];
-  const int K = x_shape[x_ndim - 1];
-  const int N = w_shape[1];
-  cider_qmm::qmm<T, 16, MT, NT, WN, KS, 32>(x, reinterpret_cast<const unsigned int*>(w),
-      (const T*)nullptr, (const T*)nullptr, y, M, N, K);
-)CUDA";
-static const char* kCiderMmBiasBody = R"CUDA(
-  int M = 1;
-  for (int d = 0; d < x_ndim - 1; ++d) M *= x_shape[d];
-  const int K = x_shape[x_ndim - 1];
-  const int N = w_shape[1];
-  cider_qmm::qmm<T, 16, MT, NT, WN, KS, 32>(x, reinterpret_cast<const unsigned int*>(w),
-      (const T*)nullptr, (const T*)nullptr, y, M, N, K, bias);
 )CUDA";

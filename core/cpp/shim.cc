@@ -248,13 +248,11 @@ ArrPtr log(const Array& a) { return wrap(mx::log(a.a)); }
 ArrPtr matmul(const Array& a, const Array& b, int32_t worker) {
   auto sd = on_worker(worker);
   if (auto y = try_cpu_linear(a.a, b.a, std::nullopt, sd)) return wrap(*y);
-  if (auto y = try_gpu_linear(a.a, b.a, std::nullopt, sd)) return wrap(*y);
   return wrap(mx::matmul(a.a, b.a, sd));
 }
 ArrPtr addmm(const Array& c, const Array& a, const Array& b, int32_t worker) {
   auto sd = on_worker(worker);
   if (auto y = try_cpu_linear(a.a, b.a, c.a, sd)) return wrap(*y);
-  if (auto y = try_gpu_linear(a.a, b.a, c.a, sd)) return wrap(*y);
   return wrap(mx::addmm(c.a, a.a, b.a, 1.0f, 1.0f, sd));
 }
 ArrPtr swiglu(const Array& gate, const Array& x) {

@@ -86,11 +86,6 @@ mlx::core::Dtype to_dtype(uint8_t code);
 std::optional<mlx::core::array> try_gpu_qlinear(const mlx::core::array& x, const mlx::core::array& w,
                                                 const mlx::core::array& scales, const mlx::core::array& biases,
                                                 int group_size, int bits, mlx::core::StreamOrDevice sd);
-// The same for a dense layer: x times wt, the [K, N] transposed view of a
-// row-contiguous [N, K] weight (+ a bias of N values), for prompt rows.
-std::optional<mlx::core::array> try_gpu_linear(const mlx::core::array& x, const mlx::core::array& wt,
-                                               const std::optional<mlx::core::array>& bias,
-                                               mlx::core::StreamOrDevice sd);
 // RoPE for q inside the prompt attention: none (`rotate` false: q comes
 // rotated), or MLX's non-traditional RoPE over the whole head with `freqs`
 // (float32 [D / 2]) or base 2^log2_base, positions times `scale`.

@@ -1,8 +1,9 @@
-//! cider's prompt-pass kernels on NVIDIA GPUs, the 4/8-bit and dense matmul
+//! cider's prompt-pass kernels on NVIDIA GPUs, the 4/8-bit matmul
 //! (core/cpp/gpu_qmm.cc) and the causal attention (gpu_pattn.cc), must pass
 //! their self-checks, be used by a model's prompt pass, and give logits that
-//! agree with those of MLX's own ops (quantized_matmul, cuBLAS, cuDNN) on
-//! the same GPU to rounding (they sum in another order, so not bit for bit).
+//! agree with those of MLX's own ops (quantized_matmul, cuDNN's attention)
+//! on the same GPU to rounding (they sum in another order, so not bit for
+//! bit).
 //! Needs the CUDA build of MLX (mlx-cuda); skips elsewhere, so CI here skips
 //! it: it is run on the lent GPU machine (bench/RESULTS.md, fifth pass).
 //! One test function: the on/off switch is process-wide.
@@ -25,7 +26,7 @@ fn gpu_prompt_kernel_agrees_with_mlx() {
     }
     // 40 rows: one partial 32- or 64-row tile.
     let prompt: Vec<i32> = (0..40).map(|k| (k * 7 + 3) % WORDS.len() as i32).collect();
-    // bits 16: dense weights.
+    // bits 16: dense weights (MLX's matmul; cider's attention).
     let kinds = [(Dtype::BF16, 4, 64), (Dtype::F16, 4, 32), (Dtype::BF16, 4, 128), (Dtype::BF16, 8, 64), (Dtype::F16, 8, 32),
         (Dtype::BF16, 16, 0), (Dtype::F16, 16, 0)];
     for (i, (dtype, bits, gs)) in kinds.into_iter().enumerate() {
@@ -46,7 +47,9 @@ fn gpu_prompt_kernel_agrees_with_mlx() {
             eprintln!("skipped: {status}");
             return;
         }
-        assert!(status.starts_with("on (") && status.contains(&kind) && !status.contains(&format!("{kind}:")), "{kind}: {status}");
+        if bits != 16 {
+            assert!(status.starts_with("on (") && status.contains(&kind) && !status.contains(&format!("{kind}:")), "{kind}: {status}");
+        }
         let attn = status.split("prompt attention: ").nth(1).unwrap_or("").split("; decode").next().unwrap();
         assert!(attn.starts_with("on (") && attn.contains(&heads) && !attn.contains(&format!("{heads}:")),
             "{kind}: attention kernel not in use: {status}");
