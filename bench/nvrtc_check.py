@@ -86,9 +86,14 @@ def variants():
                    [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])
 
 
-QMM_SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_qmm_src.h")).read()
-QMM = dict(zip(re.findall(r'static const char\* (kCider\w+) = R"CUDA\(', QMM_SRC),
-               re.findall(r'R"CUDA\((.*?)\)CUDA"', QMM_SRC, re.S)))
+def strings(name):
+    """A core/cpp source header's named CUDA strings (kCider...) by name."""
+    src = open(os.path.join(HERE, "..", "core", "cpp", name)).read()
+    return dict(zip(re.findall(r'static const char\* (kCider\w+) = R"CUDA\(', src),
+                    re.findall(r'R"CUDA\((.*?)\)CUDA"', src, re.S)))
+
+
+QMM, PATTN = strings("gpu_qmm_src.h"), strings("gpu_pattn_src.h")
 
 
 def qmm_variants():
@@ -101,11 +106,6 @@ def qmm_variants():
             for bits in (4, 8):
                 yield (f"qmm{bits}_{t}_{mt}{nt}{wn}{ks}", [("x", T), ("w", "uint32_t"), ("scales", T), ("biases", T)],
                        [("y", T)], [("T", T), ("BITS", bits)] + tile + [("G", 64)], QMM["kCiderQmmBody"])
-
-
-PATTN_SRC = open(os.path.join(HERE, "..", "core", "cpp", "gpu_pattn_src.h")).read()
-PATTN = dict(zip(re.findall(r'static const char\* (kCider\w+) = R"CUDA\(', PATTN_SRC),
-                 re.findall(r'R"CUDA\((.*?)\)CUDA"', PATTN_SRC, re.S)))
 
 
 def pattn_variants():

@@ -121,8 +121,6 @@ const std::string& check(mx::Dtype dt, int hq, int hk, int d, float scale, const
   return checks.emplace(key, why).first->second;
 }
 
-bool even_strides(const mx::array& a) { return a.strides(1) % 2 == 0 && a.strides(2) % 2 == 0; }
-
 }  // namespace
 
 std::optional<mx::array> try_gpu_prefill_attention(const mx::array& q, const mx::array& k, const mx::array& v,
@@ -139,12 +137,15 @@ std::optional<mx::array> try_gpu_prefill_attention(const mx::array& q, const mx:
   if (rope.freqs && (rope.freqs->dtype() != mx::float32 || rope.freqs->size() != size_t(d / 2) ||
                      !rope.freqs->flags().row_contiguous))
     return std::nullopt;
-  // The last axis contiguous; k and v read 4 bytes at a time.
-  if (q.strides(3) != 1 || k.strides(3) != 1 || v.strides(3) != 1 || !even_strides(k) || !even_strides(v))
-    return std::nullopt;
   if (!gpu_kernels_wanted() || !mx::cu::is_available() || !check(dt, hq, hk, d, scale, rope, s).empty())
     return std::nullopt;
-  return run(q, k, v, scale, rope, s);
+  // (Strides are not checked here: an unevaluated array reports row-major
+  // ones. The kernel reads the evaluated strides MLX passes it, any layout.)
+  try {
+    return run(q, k, v, scale, rope, s);
+  } catch (const std::exception&) {
+    return std::nullopt;  // MLX's op instead, as for any case the kernel does not take
+  }
 }
 
 std::string gpu_pattn_status() {
@@ -152,9 +153,10 @@ std::string gpu_pattn_status() {
   std::string on, off;
   for (const auto& [key, why] : checks) {
     const auto& [dt, hq, hk, d, sc, mode, lb, ps] = key;
-    (void)sc, (void)mode, (void)lb, (void)ps;
+    (void)sc, (void)lb, (void)ps;
     std::string what = std::string(dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " " +
-                       std::to_string(hq) + "/" + std::to_string(hk) + " heads of " + std::to_string(d);
+                       std::to_string(hq) + "/" + std::to_string(hk) + " heads of " + std::to_string(d) +
+                       (mode ? " + q RoPE" : "");
     if (why.empty())
       on += (on.empty() ? "" : ", ") + what;
     else

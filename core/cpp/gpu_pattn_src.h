@@ -36,15 +36,15 @@ using u32 = unsigned int;
 // -inf (no INFINITY under NVRTC without <cmath>).
 __device__ __forceinline__ float neg_inf() { return __int_as_float(0xff800000); }
 
-// q [1, HQ, L, D], k and v [1, HK, TK, D] by their head and position strides
-// (elements; the last axis is contiguous), TK >= L: query i sees keys up to
+// q [1, HQ, L, D], k and v [1, HK, TK, D] by their head, position and dim
+// strides (elements), TK >= L: query i sees keys up to
 // i + TK - L (MLX's causal mask, aligned at the bottom right). ROPE 0: q is
 // rotated already; 1: rotate it with base 2^LOG2B; 2: with `freqs` [D / 2]
 // (float32); positions scaled by PSCALE (LOG2B, PSCALE: float bits).
 template <typename T, int D, int QT, int HQ, int HK, int ROPE, int LOG2B, int PSCALE>
 __device__ __forceinline__ void attn(const T* q, const T* k, const T* v, const float* freqs, T* o,
-    long long qh, long long qp, long long kh_s, long long kp, long long vh, long long vp,
-    int L, int TK, float scale_log2) {
+    long long qh, long long qp, long long qd, long long kh_s, long long kp, long long kd,
+    long long vh, long long vp, long long vd, int L, int TK, float scale_log2) {
   constexpr int DL = D / 32;   // output dims per lane
   constexpr int KC = 32;       // keys per chunk: one per lane
   constexpr int KP = D + 2;    // padded K row: (D + 2) / 2 words, odd
@@ -64,7 +64,7 @@ __device__ __forceinline__ void attn(const T* q, const T* k, const T* v, const f
     for (int e = threadIdx.x; e < QT * D; e += NW * 32) {
       const int r = e / D, d = e % D;
       const int i = min(row0 + r, L - 1);
-      qs[r][d] = float(qb[i * qp + d]) * scale_log2;
+      qs[r][d] = float(qb[i * qp + d * qd]) * scale_log2;
     }
   } else {
     constexpr int DH = D / 2;
@@ -79,7 +79,7 @@ __device__ __forceinline__ void attn(const T* q, const T* k, const T* v, const f
       }
       const float th = __int_as_float(PSCALE) * static_cast<float>(off + i) * inv;
       const float cs = cosf(th), sn = sinf(th);
-      const float x1 = float(qb[i * qp + j]), x2 = float(qb[i * qp + j + DH]);
+      const float x1 = float(qb[i * qp + j * qd]), x2 = float(qb[i * qp + (j + DH) * qd]);
       qs[r][j] = float(T(x1 * cs - x2 * sn)) * scale_log2;
       qs[r][j + DH] = float(T(x1 * sn + x2 * cs)) * scale_log2;
     }
@@ -95,14 +95,25 @@ __device__ __forceinline__ void attn(const T* q, const T* k, const T* v, const f
   // Keys the tile's last row sees (block-uniform: every thread runs every
   // chunk, so the barriers below are reached by all).
   const int kend = off + min(row0 + QT, L);
+  // Keys and values go 4 bytes at a time where their rows allow it (a
+  // prompt's cache: contiguous rows from an even offset), else by element.
+  const bool pairs = kd == 1 && vd == 1 && ((kp | vp) & 1) == 0 &&
+      ((reinterpret_cast<unsigned long long>(kb) | reinterpret_cast<unsigned long long>(vb)) & 3) == 0;
 #pragma unroll 1
   for (int c0 = 0; c0 < kend; c0 += KC) {
     __syncthreads();  // the previous chunk is consumed (and q is staged)
     for (int e = threadIdx.x; e < KC * D / 2; e += NW * 32) {
       const int j = e / (D / 2), d = 2 * (e % (D / 2));
       const int kj = min(c0 + j, TK - 1);
-      *reinterpret_cast<u32*>(&ks[j][d]) = *reinterpret_cast<const u32*>(kb + kj * kp + d);
-      *reinterpret_cast<u32*>(&vs[j][d]) = *reinterpret_cast<const u32*>(vb + kj * vp + d);
+      if (pairs) {
+        *reinterpret_cast<u32*>(&ks[j][d]) = *reinterpret_cast<const u32*>(kb + kj * kp + d);
+        *reinterpret_cast<u32*>(&vs[j][d]) = *reinterpret_cast<const u32*>(vb + kj * vp + d);
+      } else {
+        ks[j][d] = kb[kj * kp + d * kd];
+        ks[j][d + 1] = kb[kj * kp + (d + 1) * kd];
+        vs[j][d] = vb[kj * vp + d * vd];
+        vs[j][d + 1] = vb[kj * vp + (d + 1) * vd];
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -160,5 +171,6 @@ static const char* kCiderPattnBody = R"CUDA(
   const int L = q_shape[2];
   const int TK = k_shape[2];
   cider_pattn::attn<T, D, QT, HQ, HK, ROPE, LOG2B, PSCALE>(q, k, v, freqs, o, q_strides[1], q_strides[2],
-      k_strides[1], k_strides[2], v_strides[1], v_strides[2], L, TK, __int_as_float(SCALE));
+      q_strides[3], k_strides[1], k_strides[2], k_strides[3], v_strides[1], v_strides[2], v_strides[3], L, TK,
+      __int_as_float(SCALE));
 )CUDA";

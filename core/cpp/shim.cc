@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <unordered_set>
 
+#include "mlx/backend/cuda/cuda.h"
 #include "mlx/primitives.h"
 #include "mlx/scheduler.h"
 
@@ -356,6 +357,7 @@ ArrPtr sdpa(const Array& q, const Array& k, const Array& v, float scale, rust::S
 
 ArrPtr gpu_prefill_attention(const Array& q, const Array& k, const Array& v, float scale, int32_t rope_mode,
                              const Array& freqs, float log2_base, float rope_scale) {
+  if (rope_mode < 0 || rope_mode > 2) throw std::invalid_argument("gpu_prefill_attention: rope_mode must be 0, 1 or 2");
   PattnRope rope{rope_mode != 0, rope_mode == 2 ? &freqs.a : nullptr, log2_base, rope_scale};
   if (auto o = try_gpu_prefill_attention(q.a, k.a, v.a, scale, rope)) return wrap(*o);
   return nullptr;
@@ -414,6 +416,7 @@ size_t get_memory_limit() { return mx::get_memory_limit(); }
 size_t set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
 void clear_cache() { mx::clear_cache(); }
 bool gpu_available() { return mx::is_available(mx::Device::gpu); }
+bool gpu_is_cuda() { return mx::cu::is_available(); }
 bool env_off(const char* name) {
   const char* v = std::getenv(name);
   return v && std::string(v) == "0";

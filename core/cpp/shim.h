@@ -251,6 +251,8 @@ size_t get_memory_limit();
 size_t set_cache_limit(size_t limit);
 void clear_cache();
 bool gpu_available();
+// MLX's CUDA backend is the one in use (not Metal's, not none).
+bool gpu_is_cuda();
 void set_default_device(bool gpu);
 bool default_device_is_gpu();
 rust::String mlx_version();

@@ -760,6 +760,10 @@ pub mod device {
     pub fn is_gpu() -> bool {
         ffi::default_device_is_gpu()
     }
+    /// The GPU is MLX's CUDA backend (an NVIDIA GPU, not Metal).
+    pub fn is_cuda() -> bool {
+        ffi::default_device_is_gpu() && ffi::gpu_is_cuda()
+    }
     pub fn mlx_version() -> String {
         ffi::mlx_version()
     }

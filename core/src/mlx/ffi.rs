@@ -136,6 +136,7 @@ pub(crate) mod ffi {
         fn set_cache_limit(limit: usize) -> usize;
         fn clear_cache();
         fn gpu_available() -> bool;
+        fn gpu_is_cuda() -> bool;
         fn set_default_device(gpu: bool) -> Result<()>;
         fn default_device_is_gpu() -> bool;
         fn mlx_version() -> String;

@@ -149,7 +149,10 @@ impl Attention {
             // A short prompt on an NVIDIA GPU: cider's kernel, rows ready for
             // the o projection, rotating q itself where it can
             // (core/cpp/gpu_pattn.cc says why).
-            if let Some(fused) = rope.fused_params(d) {
+            // The kernel rotates q at positions keys - l + i: the cache's
+            // offset where it returns every earlier key (StandardCache).
+            let fused = if k.dim(2) == offset + l { rope.fused_params(d) } else { None };
+            if let Some(fused) = fused {
                 if let Some(o) = Array::sdpa_causal_rows(&q, &k, &v, self.scale, Some(fused))? {
                     return self.o_proj.forward(&o);
                 }
@@ -336,9 +339,9 @@ impl Transformer {
         // 128-token prompt under ncu); copied first by a one-block kernel
         // (a cast to u32, the index type decode steps use) the pair costs
         // about 10 us more than ids already on the device
-        // (bench/prompt_ids.py).
+        // (bench/prompt_ids.py). (Metal's unified memory has no such fault.)
         let copied;
-        let ids = if b * l > 1 && crate::mlx::device::is_gpu() {
+        let ids = if b * l > 1 && crate::mlx::device::is_cuda() {
             copied = ids.astype(Dtype::U32)?;
             &copied
         } else {
