@@ -339,7 +339,6 @@ std::string attn_rows(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, flo
     return mx::random::normal(shape, dt, 0.0f, sd, mx::random::key(seed), s);
   };
   auto cache = rnd({1, 2 * HK, cap, D}, 1.0f, 31), w = rnd({N, HQ * D}, 0.05f, 32), b = rnd({1, N}, 0.5f, 33);
-  auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
   int seed = 40;
   for (int n : ns) {
     auto q = rnd({1, HQ, 1, D}, 1.0f, seed++);
@@ -350,18 +349,13 @@ std::string attn_rows(mx::Dtype dt, int HQ, int HK, int D, int N, bool bias, flo
     auto att = mx::reshape(mx::fast::scaled_dot_product_attention(q, k, v, scale, "", {}, std::nullopt, false, s), {1, HQ * D}, s);
     auto wt = mx::transpose(w, {1, 0}, s);
     auto y = bias ? mx::addmm(b, att, wt, 1.0f, 1.0f, s) : mx::matmul(att, wt, s);
-    auto ey = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(y), s), s), s), ty = mx::max(mx::abs(f32(y), s), s);
-    auto ea = mx::max(mx::abs(mx::subtract(f32(got[1]), f32(att), s), s), s), ta = mx::max(mx::abs(f32(att), s), s);
-    mx::eval({ey, ty, ea, ta});
     const std::string what = "heads " + std::to_string(HQ) + "/" + std::to_string(HK) + " D " + std::to_string(D) +
                              " N " + std::to_string(N) + (bias ? " +bias" : "") + " S " + std::to_string(S) +
                              " positions " + std::to_string(n);
-    if (!(ea.item<float>() <= 0.02f * ta.item<float>()))
-      return "attention differs from MLX's (" + what + ": max |diff| " + std::to_string(ea.item<float>()) + " of " +
-             std::to_string(ta.item<float>()) + ")";
-    if (!(ey.item<float>() <= 0.02f * ty.item<float>()))
-      return "o projection differs from MLX's (" + what + ": max |diff| " + std::to_string(ey.item<float>()) +
-             " of " + std::to_string(ty.item<float>()) + ")";
+    if (std::string diff = max_diff_within(got[1], att, 0.02f, s); !diff.empty())
+      return "attention differs from MLX's (" + what + ": " + diff + ")";
+    if (std::string diff = max_diff_within(got[0], y, 0.02f, s); !diff.empty())
+      return "o projection differs from MLX's (" + what + ": " + diff + ")";
   }
   return "";
 }
@@ -410,13 +404,9 @@ std::string gemv_rows(mx::Dtype dt, int K, int N, bool bias, int S, int offset, 
   auto got = launch_gemv(x, w, bias ? &b : nullptr, s, S);
   auto wt = mx::transpose(w, {1, 0}, s);
   auto want = bias ? mx::addmm(b, x, wt, 1.0f, 1.0f, s) : mx::matmul(x, wt, s);
-  auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
-  auto err = mx::max(mx::abs(mx::subtract(f32(got), f32(want), s), s), s), top = mx::max(mx::abs(f32(want), s), s);
-  mx::eval({err, top});
-  if (!(err.item<float>() <= 0.02f * top.item<float>()))
+  if (std::string diff = max_diff_within(got, want, 0.02f, s); !diff.empty())
     return "gemv differs from MLX's matmul (K " + std::to_string(K) + " N " + std::to_string(N) +
-           (bias ? " +bias" : "") + " S " + std::to_string(S) + " x offset " + std::to_string(offset) +
-           ": max |diff| " + std::to_string(err.item<float>()) + " of " + std::to_string(top.item<float>()) + ")";
+           (bias ? " +bias" : "") + " S " + std::to_string(S) + " x offset " + std::to_string(offset) + ": " + diff + ")";
   return "";
 }
 
@@ -560,16 +550,13 @@ std::string self_test(mx::Dtype dt, const mx::Stream& s) {
         return "KV variant differs from the plain one (max |diff| " + std::to_string(kerr.item<float>()) +
                ", other positions " + std::to_string(stray.item<float>()) + ")";
     }
-    auto err = mx::max(mx::abs(mx::subtract(f32(got[1]), f32(want[1]), s), s), s);
-    auto top = mx::max(mx::abs(f32(want[1]), s), s);
     auto herr = mx::max(mx::abs(mx::subtract(f32(got[0]), f32(want[0]), s), s), s);
-    mx::eval({err, top, herr});
-    const float e = err.item<float>(), t = top.item<float>(), he = herr.item<float>();
+    mx::eval(herr);
+    const float he = herr.item<float>();
     const std::string what = "K " + std::to_string(K) + " mode " + std::to_string(c.mode) + (c.add ? " +add" : "") +
                              (c.bias ? " +bias" : "") + " S " + std::to_string(c.S);
-    if (!(e <= 0.02f * t))
-      return "results differ from MLX's (" + what + ": max |diff| " + std::to_string(e) + " of " +
-             std::to_string(t) + ")";
+    if (std::string diff = max_diff_within(got[1], want[1], 0.02f, s); !diff.empty())
+      return "results differ from MLX's (" + what + ": " + diff + ")";
     if (!(he == 0.0f)) return "residual sum differs from MLX's (" + what + ": " + std::to_string(he) + ")";
   }
   // Attention + o projection: heads of 128 with a bias and 4 query heads a
@@ -682,14 +669,11 @@ std::string check_cfg(const Cfg& c, const mx::Stream& s) {
     got_h = out[0];
     got_y = out[1];
   }
-  auto err = mx::max(mx::abs(mx::subtract(f32(got_y), f32(want[1]), s), s), s);
-  auto top = mx::max(mx::abs(f32(want[1]), s), s);
   auto herr = mx::max(mx::abs(mx::subtract(f32(got_h), f32(want[0]), s), s), s);
-  mx::eval({err, top, herr, stray});
-  const float e = err.item<float>(), t = top.item<float>(), he = herr.item<float>(), st = stray.item<float>();
-  if (!(e <= 0.02f * t))
-    return "results differ from MLX's (" + c.key() + ": max |diff| " + std::to_string(e) + " of " +
-           std::to_string(t) + ")";
+  mx::eval({herr, stray});
+  const float he = herr.item<float>(), st = stray.item<float>();
+  if (std::string diff = max_diff_within(got_y, want[1], 0.02f, s); !diff.empty())
+    return "results differ from MLX's (" + c.key() + ": " + diff + ")";
   if (!(he == 0.0f)) return "residual sum differs from MLX's (" + c.key() + ": " + std::to_string(he) + ")";
   if (!(st == 0.0f)) return "keys or values written outside their position (" + c.key() + ")";
   return "";
@@ -717,16 +701,7 @@ std::map<std::tuple<int, int, int, bool>, std::string> gemv_checks;
 
 template <typename M, typename K, typename F>
 const std::string& checked(M& memo, const K& key, F run) {
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = memo.find(key);
-  if (it != memo.end()) return it->second;
-  std::string why;
-  try {
-    why = run();
-  } catch (const std::exception& e) {
-    why = std::string("check failed: ") + e.what();
-  }
-  return memo.emplace(key, why).first->second;
+  return memo_check(mu, memo, key, run, "check failed: ");
 }
 
 // The kernels can run for activations of dt on stream s: a GPU with CUDA,

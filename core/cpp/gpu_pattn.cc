@@ -80,15 +80,10 @@ std::string self_check(mx::Dtype dt, int hq, int hk, int d, float scale, const P
                       : mx::fast::rope(q, d, false, std::exp2(rope.log2_base), rope.scale, keys - L, std::nullopt, s);
     auto ref = mx::fast::scaled_dot_product_attention(qr, k, v, scale, "causal", std::nullopt, std::nullopt,
                                                       false, s);
-    ref = mx::astype(mx::reshape(mx::transpose(ref, {0, 2, 1, 3}, s), {L, hq * d}, s), mx::float32, s);
-    auto y = mx::astype(run(q, k, v, scale, rope, s), mx::float32, s);
-    auto err = mx::max(mx::abs(mx::subtract(y, ref, s), s), s);
-    auto top = mx::max(mx::abs(ref, s), s);
-    mx::eval({err, top});
-    const float e = err.item<float>(), t = top.item<float>();
-    if (!(e <= 0.02f * t))
-      return "results differ from MLX's (" + std::to_string(L) + " queries, " + std::to_string(keys) +
-             " keys: max |diff| " + std::to_string(e) + " of " + std::to_string(t) + ")";
+    ref = mx::reshape(mx::transpose(ref, {0, 2, 1, 3}, s), {L, hq * d}, s);
+    if (std::string diff = max_diff_within(run(q, k, v, scale, rope, s), ref, 0.02f, s); !diff.empty())
+      return "results differ from MLX's (" + std::to_string(L) + " queries, " + std::to_string(keys) + " keys: " + diff +
+             ")";
   }
   return "";
 }
@@ -101,24 +96,13 @@ std::map<Key, std::string> checks;
 
 const std::string& check(mx::Dtype dt, int hq, int hk, int d, float scale, const PattnRope& rope,
                          const mx::Stream& s) {
-  std::lock_guard<std::mutex> lock(checks_mu);
   auto key = Key(int(dt.val()), hq, hk, d, float_bits(scale), rope_mode(rope), float_bits(rope.log2_base),
                  float_bits(rope.scale));
-  auto it = checks.find(key);
-  if (it != checks.end()) return it->second;
-  std::string why;
-  if (env_off("CIDER_GPU_KERNELS")) {
-    why = "turned off by CIDER_GPU_KERNELS=0";
-  } else if (env_off("CIDER_GPU_PATTN")) {
-    why = "turned off by CIDER_GPU_PATTN=0";
-  } else {
-    try {
-      why = self_check(dt, hq, hk, d, scale, rope, s);
-    } catch (const std::exception& e) {
-      why = std::string("self-check failed: ") + e.what();
-    }
-  }
-  return checks.emplace(key, why).first->second;
+  return memo_check(checks_mu, checks, key, [&]() -> std::string {
+    if (env_off("CIDER_GPU_KERNELS")) return "turned off by CIDER_GPU_KERNELS=0";
+    if (env_off("CIDER_GPU_PATTN")) return "turned off by CIDER_GPU_PATTN=0";
+    return self_check(dt, hq, hk, d, scale, rope, s);
+  }, "self-check failed: ");
 }
 
 }  // namespace
@@ -150,22 +134,16 @@ std::optional<mx::array> try_gpu_prefill_attention(const mx::array& q, const mx:
 
 std::string gpu_pattn_status() {
   std::lock_guard<std::mutex> lock(checks_mu);
-  std::string on, off;
+  std::vector<std::pair<std::string, std::string>> items;
   for (const auto& [key, why] : checks) {
     const auto& [dt, hq, hk, d, sc, mode, lb, ps] = key;
     (void)sc, (void)lb, (void)ps;
-    std::string what = std::string(dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " " +
-                       std::to_string(hq) + "/" + std::to_string(hk) + " heads of " + std::to_string(d) +
-                       (mode ? " + q RoPE" : "");
-    if (why.empty())
-      on += (on.empty() ? "" : ", ") + what;
-    else
-      off += (off.empty() ? "" : "; ") + what + ": " + why;
+    items.emplace_back(std::string(dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " " +
+                           std::to_string(hq) + "/" + std::to_string(hk) + " heads of " + std::to_string(d) +
+                           (mode ? " + q RoPE" : ""),
+                       why);
   }
-  if (on.empty() && off.empty()) return "";
-  if (off.empty()) return "on (" + on + ")";
-  if (on.empty()) return "off: " + off;
-  return "on (" + on + "); off: " + off;
+  return on_off_status(items);
 }
 
 }  // namespace cider

@@ -95,17 +95,12 @@ std::string self_check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
   auto x = mx::astype(mx::random::normal({M, K}, mx::float32, 0.0f, 1.0f, mx::random::key(7), s), dt, s);
   auto wf = mx::astype(mx::random::normal({N, K}, mx::float32, 0.0f, 0.05f, mx::random::key(8), s), dt, s);
   auto q = mx::quantize(wf, gs, bits, "affine", std::nullopt, s);
-  auto ref = mx::astype(mx::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine", s), mx::float32, s);
+  auto ref = mx::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine", s);
   for (Cfg c : TILES) {
-    auto y = mx::astype(run(x, q[0], q[1], q[2], bits, gs, c, s), mx::float32, s);
-    auto err = mx::max(mx::abs(mx::subtract(y, ref, s), s), s);
-    auto top = mx::max(mx::abs(ref, s), s);
-    mx::eval({err, top});
-    const float e = err.item<float>(), t = top.item<float>();
-    if (!(e <= 0.02f * t))
+    if (std::string diff = max_diff_within(run(x, q[0], q[1], q[2], bits, gs, c, s), ref, 0.02f, s); !diff.empty())
       return "results differ from MLX's (tile " + std::to_string(c.mt) + "x" + std::to_string(c.nt) + "x" +
              std::to_string(c.wn) + "x" + std::to_string(c.ks) + ", " + std::to_string(bits) + "-bit group " +
-             std::to_string(gs) + ": max |diff| " + std::to_string(e) + " of " + std::to_string(t) + ")";
+             std::to_string(gs) + ": " + diff + ")";
   }
   return "";
 }
@@ -118,23 +113,11 @@ std::mutex checks_mu;
 std::map<std::tuple<int, int, int>, std::string> checks;
 
 const std::string& check(mx::Dtype dt, int bits, int gs, const mx::Stream& s) {
-  std::lock_guard<std::mutex> lock(checks_mu);
-  auto k = std::make_tuple(int(dt.val()), bits, gs);
-  auto it = checks.find(k);
-  if (it != checks.end()) return it->second;
-  std::string why;
-  if (env_off("CIDER_GPU_KERNELS")) {
-    why = "turned off by CIDER_GPU_KERNELS=0";
-  } else if (!cuda_sm80()) {
-    why = "needs an NVIDIA GPU of compute capability 8.0 or newer";
-  } else {
-    try {
-      why = self_check(dt, bits, gs, s);
-    } catch (const std::exception& e) {
-      why = std::string("self-check failed: ") + e.what();
-    }
-  }
-  return checks.emplace(k, why).first->second;
+  return memo_check(checks_mu, checks, std::make_tuple(int(dt.val()), bits, gs), [&]() -> std::string {
+    if (env_off("CIDER_GPU_KERNELS")) return "turned off by CIDER_GPU_KERNELS=0";
+    if (!cuda_sm80()) return "needs an NVIDIA GPU of compute capability 8.0 or newer";
+    return self_check(dt, bits, gs, s);
+  }, "self-check failed: ");
 }
 
 }  // namespace
@@ -168,19 +151,14 @@ rust::String gpu_kernels_status() {
       (att.empty() ? "" : "; prompt attention: " + att) + (dec.empty() ? "" : "; decode: " + dec);
   std::lock_guard<std::mutex> lock(checks_mu);
   if (checks.empty()) return rust::String((tail.empty() ? "not used yet" : "prompt: not used yet") + tail);
-  std::string on, off;
+  std::vector<std::pair<std::string, std::string>> items;
   for (const auto& [k, why] : checks) {
     const auto& [dt, bits, gs] = k;
-    std::string what = std::string(dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " " +
-                       std::to_string(bits) + "-bit g" + std::to_string(gs);
-    if (why.empty())
-      on += (on.empty() ? "" : ", ") + what;
-    else
-      off += (off.empty() ? "" : "; ") + what + ": " + why;
+    items.emplace_back(std::string(dt == int(mx::Dtype::Val::bfloat16) ? "bfloat16" : "float16") + " " +
+                           std::to_string(bits) + "-bit g" + std::to_string(gs),
+                       why);
   }
-  if (off.empty()) return rust::String("on (" + on + ")" + tail);
-  if (on.empty()) return rust::String("off: " + off + tail);
-  return rust::String("on (" + on + "); off: " + off + tail);
+  return rust::String(on_off_status(items) + tail);
 }
 
 }  // namespace cider

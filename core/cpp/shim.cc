@@ -417,6 +417,30 @@ size_t set_cache_limit(size_t limit) { return mx::set_cache_limit(limit); }
 void clear_cache() { mx::clear_cache(); }
 bool gpu_available() { return mx::is_available(mx::Device::gpu); }
 bool gpu_is_cuda() { return mx::cu::is_available(); }
+
+std::string max_diff_within(const mx::array& got, const mx::array& want, float frac, const mx::Stream& s) {
+  auto f32 = [&](const mx::array& a) { return mx::astype(mx::reshape(a, {-1}, s), mx::float32, s); };
+  auto err = mx::max(mx::abs(mx::subtract(f32(got), f32(want), s), s), s);
+  auto top = mx::max(mx::abs(f32(want), s), s);
+  mx::eval({err, top});
+  const float e = err.item<float>(), t = top.item<float>();
+  if (e <= frac * t) return "";  // (false for NaN)
+  return "max |diff| " + std::to_string(e) + " of " + std::to_string(t);
+}
+
+std::string on_off_status(const std::vector<std::pair<std::string, std::string>>& checks) {
+  std::string on, off;
+  for (const auto& [what, why] : checks) {
+    if (why.empty())
+      on += (on.empty() ? "" : ", ") + what;
+    else
+      off += (off.empty() ? "" : "; ") + what + ": " + why;
+  }
+  if (on.empty() && off.empty()) return "";
+  if (off.empty()) return "on (" + on + ")";
+  if (on.empty()) return "off: " + off;
+  return "on (" + on + "); off: " + off;
+}
 bool env_off(const char* name) {
   const char* v = std::getenv(name);
   return v && std::string(v) == "0";

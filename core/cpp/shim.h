@@ -2,7 +2,9 @@
 // adapts one MLX call to types cxx can carry (slices, u8 dtype codes, bools
 // instead of std::optional). Exceptions propagate to Rust as cxx::Exception.
 #pragma once
+#include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -108,6 +110,29 @@ ArrPtr gpu_prefill_attention(const Array& q, const Array& k, const Array& v, flo
                              const Array& freqs, float log2_base, float rope_scale);
 // false: MLX's op from now on (until true again), for comparisons.
 void gpu_kernels_enable(bool on);
+// For the GPU kernels' checks against MLX's ops, whose sums run in another
+// order: "" when every element of `got` is within frac of `want`'s largest
+// magnitude (compared as float32), else "max |diff| E of T".
+std::string max_diff_within(const mlx::core::array& got, const mlx::core::array& want, float frac,
+                            const mlx::core::Stream& s);
+// A kernel family's checks, (what, "" or why not), as a status: "on (a, b)",
+// "off: c: why; d: why", or "on (a); off: c: why"; "" for none.
+std::string on_off_status(const std::vector<std::pair<std::string, std::string>>& checks);
+// A memo of checks under `mu`: run() ("" or why not) once per key, an
+// exception it throws being a failed check (`failed` + its message).
+template <typename M, typename K, typename F>
+const std::string& memo_check(std::mutex& mu, M& memo, const K& key, F run, const char* failed) {
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = memo.find(key);
+  if (it != memo.end()) return it->second;
+  std::string why;
+  try {
+    why = run();
+  } catch (const std::exception& e) {
+    why = std::string(failed) + e.what();
+  }
+  return memo.emplace(key, why).first->second;
+}
 // Whether the environment variable `name` is "0": cider's switches that
 // turn a family of its kernels off (CIDER_GPU_KERNELS=0 and the like).
 bool env_off(const char* name);

@@ -147,21 +147,17 @@ impl Attention {
         let mut q = q;
         if l > 1 && b == 1 && matches!(mask, Mask::Causal) && !roped {
             // A short prompt on an NVIDIA GPU: cider's kernel, rows ready for
-            // the o projection, rotating q itself where it can
-            // (core/cpp/gpu_pattn.cc says why).
-            // The kernel rotates q at positions keys - l + i: the cache's
-            // offset where it returns every earlier key (StandardCache).
+            // the o projection (core/cpp/gpu_pattn.cc says why). It rotates q
+            // itself, at positions keys - l + i, where the RoPE is of its kind
+            // and the cache returns every earlier key (StandardCache):
+            // otherwise q is rotated first.
             let fused = if k.dim(2) == offset + l { rope.fused_params(d) } else { None };
-            if let Some(fused) = fused {
-                if let Some(o) = Array::sdpa_causal_rows(&q, &k, &v, self.scale, Some(fused))? {
-                    return self.o_proj.forward(&o);
-                }
-            } else {
+            if fused.is_none() {
                 q = rope.forward(&q, offset)?;
                 roped = true;
-                if let Some(o) = Array::sdpa_causal_rows(&q, &k, &v, self.scale, None)? {
-                    return self.o_proj.forward(&o);
-                }
+            }
+            if let Some(o) = Array::sdpa_causal_rows(&q, &k, &v, self.scale, fused)? {
+                return self.o_proj.forward(&o);
             }
         }
         let q = if roped { q } else { rope.forward(&q, offset)? };
