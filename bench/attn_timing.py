@@ -92,7 +92,7 @@ fb = lambda f: struct.unpack("<i", struct.pack("<f", f))[0]
 dt = mx.bfloat16
 HQ, HK, D, N = 32, 8, 64, 2048
 K = HQ * D
-kern = mx.fast.cuda_kernel("cider_attn_o_t", ["q", "cache", "pos", "w", "bias", "scratch"], ["y", "att"], CALLS["kCiderAttnOCall"], header=HEADER)
+kern = mx.fast.cuda_kernel("cider_attn_o_t", ["q", "cache", "pos", "w", "bias", "scratch", "nxt"], ["y", "att"], CALLS["kCiderAttnOCall"], header=HEADER)
 cache = mx.random.normal((1, 2 * HK, 1280, D)).astype(dt)
 w = (mx.random.normal((N, K)) * 0.02).astype(dt)
 big = mx.ones((64 << 20,), mx.float32)
@@ -109,11 +109,11 @@ for n in (128, 384):
             mx.eval(scratch, q, pos)
             if cold:
                 mx.eval(big.sum())
-            y, att = kern(inputs=[q, cache, pos, w, w, scratch], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
+            y, att = kern(inputs=[q, cache, pos, w, w, scratch, w], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
                           grid=(256 * 256, 1, 1), threadgroup=(256, 1, 1),
                           template=[("T", dt), ("K", K), ("N", N), ("S", 2), ("BIAS", False), ("D", D), ("HQ", HQ), ("HK", HK),
                                     ("TMAX", 2048), ("SCALE_LOG2", fb(D ** -0.5 * 1.4426950408889634)), ("IF", 4),
-                                    ("MAXH", 128), ("MS", 4)])
+                                    ("MAXH", 128), ("MS", 4), ("PFL", 0)])
             mx.eval(y, att)
             s = np.array(scratch).astype(np.uint64)
             gt = s[60100::2][:32] | (s[60101::2][:32] << np.uint64(32))

@@ -62,7 +62,7 @@ def main():
     import mlx.core as mx
 
     dt = mx.bfloat16
-    norm_k = mx.fast.cuda_kernel("cider_dec", ["h", "dl", "g", "w", "bias", "pos", "freqs"], ["hout", "y"],
+    norm_k = mx.fast.cuda_kernel("cider_dec", ["h", "dl", "g", "w", "bias", "pos", "freqs", "nxt"], ["hout", "y"],
                                  CALLS["kCiderNormCall"], header=HEADER)
     greedy_k = mx.fast.cuda_kernel("cider_greedy", ["x", "scratch", "prev"], ["y"], CALLS["kCiderGreedyCall"],
                                    header=HEADER)
@@ -94,12 +94,12 @@ def main():
             mode = {"rope": 1, "swiglu": 2}[kind]
             yshape = (1, N // 2) if mode == 2 else (1, N)
             f = lambda S=S, IF=IF, blocks=blocks, mode=mode, yshape=yshape: norm_k(
-                inputs=[h, dl, g, w, g, pos, freqs], output_shapes=[(1, K), yshape], output_dtypes=[dt, dt],
+                inputs=[h, dl, g, w, g, pos, freqs, w], output_shapes=[(1, K), yshape], output_dtypes=[dt, dt],
                 grid=(256 * blocks, 1, 1), threadgroup=(256, 1, 1),
                 template=[("T", dt), ("K", K), ("N", N), ("S", S), ("ADD", True), ("BIAS", False),
                           ("MODE", mode), ("D", 64 if mode == 1 else 2), ("ROT", 2560 if mode == 1 else 0),
                           ("FREQS", True), ("EPS", fbits(1e-5)), ("SCALE", fbits(1.0)), ("LOG2B", 0),
-                          ("IF", IF)])[1]
+                          ("IF", IF), ("PFL", 0)])[1]
             mx.eval(f())
             group(f"{name} cider S={S} in-flight={IF} blocks={blocks}", f)
     if "down" in parts:
@@ -129,7 +129,7 @@ def down(mx, dt, header, calls, group):
     """The MLP's down projection (Llama-3.2-1B: 2048 x 8192), cider's gemv
     per split against MLX's one-row matmul; largest difference printed."""
     N, K = 2048, 8192
-    kern = mx.fast.cuda_kernel("cider_gemv", ["x", "w", "bias"], ["y"], calls["kCiderGemvCall"], header=header)
+    kern = mx.fast.cuda_kernel("cider_gemv", ["x", "w", "bias", "nxt"], ["y"], calls["kCiderGemvCall"], header=header)
     w = (mx.random.normal((N, K)) * 0.02).astype(dt)
     x = mx.random.normal((1, K)).astype(dt)
     mx.eval(w, x)
@@ -138,8 +138,8 @@ def down(mx, dt, header, calls, group):
     for S, IF in [(2, 4), (4, 4), (8, 4), (4, 2), (8, 2), (2, 2)]:
         blocks = (N // 2 + 8 // S - 1) // (8 // S)
         f = lambda S=S, IF=IF, blocks=blocks: kern(
-            inputs=[x, w, w], output_shapes=[(1, N)], output_dtypes=[dt], grid=(256 * blocks, 1, 1),
-            threadgroup=(256, 1, 1), template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("IF", IF)])[0]
+            inputs=[x, w, w, w], output_shapes=[(1, N)], output_dtypes=[dt], grid=(256 * blocks, 1, 1),
+            threadgroup=(256, 1, 1), template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("IF", IF), ("PFL", 0)])[0]
         e = mx.abs(f().astype(mx.float32) - ref.astype(mx.float32)).max().item()
         print(f"down S={S} IF={IF}: |diff| {e:.3g} of {mx.abs(ref).max().item():.3g}", flush=True)
         group(f"down cider S={S} in-flight={IF} blocks={blocks}", f)
@@ -150,7 +150,7 @@ def attn_o(mx, dt, header, calls, group):
     heads of 64, hidden 2048) against MLX's sdpa + matmul, at n positions."""
     HQ, HK, D, N = 32, 8, 64, 2048
     K = HQ * D
-    kern = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch"], ["y", "att"],
+    kern = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch", "nxt"], ["y", "att"],
                                calls["kCiderAttnOCall"], header=header)
     scale = D ** -0.5
     cap = 1280
@@ -169,11 +169,11 @@ def attn_o(mx, dt, header, calls, group):
         for S in [int(x) for x in os.environ.get("ATTN_S", "1,2,4,8").split(",")]:
             blocks = (N // 2 + 8 // S - 1) // (8 // S)
             f = lambda S=S, blocks=blocks, q=q, pos=pos: kern(
-                inputs=[q, cache, pos, w, w, scratch], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
+                inputs=[q, cache, pos, w, w, scratch, w], output_shapes=[(1, N), (1, K)], output_dtypes=[dt, dt],
                 grid=(256 * blocks, 1, 1), threadgroup=(256, 1, 1),
                 template=[("T", dt), ("K", K), ("N", N), ("S", S), ("BIAS", False), ("D", D), ("HQ", HQ), ("HK", HK),
                           ("TMAX", 2048), ("SCALE_LOG2", fbits(scale * 1.4426950408889634)), ("IF", 4),
-                          ("MAXH", MAXH), ("MS", MS)])
+                          ("MAXH", MAXH), ("MS", MS), ("PFL", 0)])
             for rep in range(3):
                 y, att = f()
                 ea = mx.abs(att.astype(mx.float32) - ref_att.reshape(1, K).astype(mx.float32)).max().item()

@@ -58,12 +58,12 @@ def fbits(f):
 
 
 def variants():
-    norm_in = ["h", "dl", "g", "w", "bias", "pos", "freqs"]
+    norm_in = ["h", "dl", "g", "w", "bias", "pos", "freqs", "nxt"]
     for T in ("__nv_bfloat16", "__half"):
         t = "bf16" if "bfloat" in T else "f16"
         for IF in (4, 8):
             base = [("T", T), ("K", 2048), ("S", 1), ("ADD", True), ("BIAS", False), ("D", 64), ("FREQS", True),
-                    ("EPS", fbits(1e-5)), ("SCALE", fbits(1.0)), ("LOG2B", 0), ("IF", IF)]
+                    ("EPS", fbits(1e-5)), ("SCALE", fbits(1.0)), ("LOG2B", 0), ("IF", IF), ("PFL", 98304)]
             ins = [(n, T) for n in norm_in]  # (pos and freqs are cast in the call line)
             yield (f"qkv_{t}_if{IF}", ins + [("cache", T), ("prev", T)], [("hout", T), ("q", T)],
                    base + [("N", 3072), ("MODE", 1), ("ROT", 2560), ("QN", 2048)], CALLS["kCiderNormKvCall"])
@@ -71,16 +71,16 @@ def variants():
                    base + [("N", 16384), ("MODE", 2), ("ROT", 0)], CALLS["kCiderNormCall"])
         for K, N, D, HQ, HK, S in ((2048, 2048, 64, 32, 8, 1), (2048, 2048, 64, 32, 8, 2), (4096, 3072, 128, 32, 8, 2)):
             yield (f"attn_o_{t}_K{K}_D{D}_S{S}",
-                   [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t")],
+                   [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t"), ("nxt", T)],
                    [("y", T), ("att", T)],
                    [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", S == 2), ("D", D), ("HQ", HQ), ("HK", HK),
                     ("TMAX", 2048), ("SCALE_LOG2", fbits(0.125 * 1.4426950408889634)), ("IF", 4),
-                    ("MAXH", 128), ("MS", 4)],
+                    ("MAXH", 128), ("MS", 4), ("PFL", 65536)],
                    CALLS["kCiderAttnOCall"])
         for K, N, S, bias, IF in ((8192, 2048, 4, False, 2), (8192, 2048, 2, False, 4), (4864, 896, 8, True, 2),
                                   (8200, 2048, 1, False, 2)):
-            yield (f"gemv_{t}_K{K}_S{S}_if{IF}", [("x", T), ("w", T), ("bias", T)], [("y", T)],
-                   [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", bias), ("IF", IF)], CALLS["kCiderGemvCall"])
+            yield (f"gemv_{t}_K{K}_S{S}_if{IF}", [("x", T), ("w", T), ("bias", T), ("nxt", T)], [("y", T)],
+                   [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", bias), ("IF", IF), ("PFL", 0 if bias else 98304)], CALLS["kCiderGemvCall"])
         for V, NB in ((128256, 62), (1003, 1), (40003, 19)):
             yield (f"greedy_{t}_V{V}", [("x", T), ("scratch", "uint32_t"), ("prev", "uint32_t")], [("y", "uint32_t")],
                    [("T", T), ("V", V), ("NB", NB)], CALLS["kCiderGreedyCall"])

@@ -10,6 +10,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -149,11 +151,12 @@ struct KindSpec {
 };
 const KindSpec& spec(Kind kind) {
   static const KindSpec specs[] = {
-      {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs"}, {"hout", "y"}, kCiderNormCall},
-      {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev"}, {"hout", "q"}, kCiderNormKvCall},
+      {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs", "nxt"}, {"hout", "y"}, kCiderNormCall},
+      {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev", "nxt"}, {"hout", "q"},
+       kCiderNormKvCall},
       {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
-      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch"}, {"y", "att"}, kCiderAttnOCall},
-      {"cider_gemv", {"x", "w", "bias"}, {"y"}, kCiderGemvCall}};
+      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch", "nxt"}, {"y", "att"}, kCiderAttnOCall},
+      {"cider_gemv", {"x", "w", "bias", "nxt"}, {"y"}, kCiderGemvCall}};
   return specs[int(kind)];
 }
 
@@ -225,6 +228,45 @@ int split_for(int pairs, int K, int times = 1) {
 // 256-wide chunks of both rows a warp keeps in flight (the kernel's IF).
 constexpr int IN_FLIGHT = 4;
 
+// The next kernel's weights a decode kernel asks L2 for once its own loads
+// are in (l2_share in gpu_decode_src.h), by whose weights they are: q/k/v
+// (asked by the down projection of the layer before), o (by q/k/v), gate/up
+// (by the attention + o projection), down (by gate/up).
+enum class Next { Qkv, O, GateUp, Down };
+
+// The most megabytes asked for: CIDER_GPU_PF, one number for all four or
+// four in Next's order (0: none). What the default is, and why, is in
+// bench/RESULTS.md (thirteenth pass).
+double prefetch_mb(Next which) {
+  static const std::array<double, 4> mb = [] {
+    std::array<double, 4> v{8, 8, 8, 8};
+    const char* e = std::getenv("CIDER_GPU_PF");
+    if (!e || !*e) return v;
+    std::vector<double> got;
+    for (const char* p = e; *p;) {
+      char* end = nullptr;
+      const double x = std::strtod(p, &end);
+      if (end == p || x < 0) return v;  // not numbers: the default
+      got.push_back(x);
+      p = *end == ',' ? end + 1 : end;
+      if (*end && *end != ',') return v;
+    }
+    if (got.size() == 1) v.fill(got[0]);
+    else if (got.size() == 4) std::copy(got.begin(), got.end(), v.begin());
+    return v;
+  }();
+  return mb[int(which)];
+}
+
+// 128-byte lines of `next` to ask for (the kernel's PFL): none where there
+// is no next array or MLX would copy it (a view that is not row-contiguous:
+// the copy, not the weights, would be read), else up to prefetch_mb.
+int prefetch_lines(Next which, const mx::array* next) {
+  if (!next || !next->flags().row_contiguous) return 0;
+  const double cap = prefetch_mb(which) * double(1 << 20);
+  return int(std::min(double(next->nbytes()), cap) / 128);
+}
+
 struct Rope {
   int rot = 0, head_dim = 2;
   const mx::array* freqs = nullptr;  // else base 2^log2_base
@@ -236,7 +278,8 @@ struct Rope {
 std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx::array& g, float eps,
                               const mx::array& w, const mx::array* bias, int mode, const Rope& rope,
                               const mx::array& pos, const mx::array* cache, int qn, const mx::Stream& s,
-                              const mx::array* prev = nullptr, int S = 0) {
+                              const mx::array* prev = nullptr, int S = 0, const mx::array* next = nullptr,
+                              int pf = 0) {
   static const mx::array no_freqs = mx::array({0.0f});
   const int K = w.shape(1), N = w.shape(0), pairs = N / 2;
   if (S == 0) S = split_for(pairs, K);
@@ -246,18 +289,19 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
       {"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"ADD", dl != nullptr}, {"BIAS", bias != nullptr},
       {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
       {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)},
-      {"IF", IN_FLIGHT}};
+      {"IF", IN_FLIGHT}, {"PFL", next ? pf : 0}};
+  const mx::array& nxt = next && pf > 0 ? *next : w;
   const mx::array& freqs = rope.freqs ? *rope.freqs : no_freqs;
   if (cache) {
     targs.emplace_back("QN", qn);
-    return kernel(Kind::NormKv, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache},
+    return kernel(Kind::NormKv, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache, nxt},
                                        {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
                                        {threads, 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false, s);
   }
   // RoPE's output comes in the attention layout [1, heads, 1, head_dim]:
   // q, k and v are then views, with no reshape node between.
   const mx::Shape yshape = mode == 2 ? mx::Shape{1, N / 2} : mx::Shape{1, N / rope.head_dim, 1, rope.head_dim};
-  return kernel(Kind::Norm, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs}, {h.shape(), yshape},
+  return kernel(Kind::Norm, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, nxt}, {h.shape(), yshape},
                                    {h.dtype(), h.dtype()}, {threads, 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false,
                                    s);
 }
@@ -304,16 +348,16 @@ int attn_split(int pairs, int K) {
 // Shapes were checked by the caller (gpu_attn_o, attn_rows).
 std::vector<mx::array> launch_attn(const mx::array& q, const mx::array& cache, const mx::array& pos,
                                    const mx::array& w, const mx::array* bias, float scale, const mx::Stream& s,
-                                   int S = 0) {
+                                   int S = 0, const mx::array* next = nullptr, int pf = 0) {
   const int HQ = q.shape(1), D = q.shape(3), HK = cache.shape(1) / 2, K = HQ * D, N = w.shape(0);
   if (S == 0) S = attn_split(N / 2, K);
   keep_header_file();
   const float scale_log2 = float(double(scale) * 1.4426950408889634);  // as MLX's kernel forms it
   const TArgs targs{{"T", q.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"D", D}, {"HQ", HQ},
                     {"HK", HK}, {"TMAX", ATTN_TMAX}, {"SCALE_LOG2", float_bits(scale_log2)}, {"IF", IN_FLIGHT},
-                    {"MAXH", ATTN_MAX_HEADS}, {"MS", ATTN_SLICES}};
+                    {"MAXH", ATTN_MAX_HEADS}, {"MS", ATTN_SLICES}, {"PFL", next ? pf : 0}};
   return kernel(Kind::AttnO, targs)(
-      {q, cache, pos, w, bias ? *bias : w, attn_scratch(s)}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
+      {q, cache, pos, w, bias ? *bias : w, attn_scratch(s), next && pf > 0 ? *next : w}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
       {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {},
       std::nullopt, false, s);
 }
@@ -380,12 +424,14 @@ std::string gemv_shape_error(int K, int N) {
 }
 
 // Shapes were checked by the caller (gpu_gemv, gemv_rows).
-mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* bias, const mx::Stream& s, int S = 0) {
+mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* bias, const mx::Stream& s, int S = 0,
+                      const mx::array* next = nullptr, int pf = 0) {
   const int K = w.shape(1), N = w.shape(0);
   if (S == 0) S = gemv_split(N / 2, K);
   keep_header_file();
-  const TArgs targs{{"T", x.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"IF", GEMV_IN_FLIGHT}};
-  return kernel(Kind::Gemv, targs)({x, w, bias ? *bias : w}, {{1, N}}, {x.dtype()},
+  const TArgs targs{{"T", x.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"IF", GEMV_IN_FLIGHT},
+                    {"PFL", next ? pf : 0}};
+  return kernel(Kind::Gemv, targs)({x, w, bias ? *bias : w, next && pf > 0 ? *next : w}, {{1, N}}, {x.dtype()},
                                    {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt,
                                    false, s)[0];
 }
@@ -826,7 +872,8 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value) {
+                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value,
+                                         const Array& next, bool has_next) {
   const mx::Dtype dt = h.a.dtype();
   const int K = h.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
   // The model checks all of this once at load; a mismatch here is a bug
@@ -882,8 +929,10 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
     const std::string& why = cfg_checked(c, s);
     if (!why.empty()) bad("failed its check against MLX's ops: " + why);
   }
+  const mx::array* nx = has_next ? &next.a : nullptr;
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
-                    pos.a, has_cache ? &cache.a : nullptr, qn, s, &prev.a);
+                    pos.a, has_cache ? &cache.a : nullptr, qn, s, &prev.a, 0, nx,
+                    prefetch_lines(mode == 2 ? Next::Down : Next::O, nx));
   auto l = std::make_unique<ArrayList>();
   l->v = std::move(out);
   return l;
@@ -926,7 +975,8 @@ rust::String gpu_attn_o_check(uint8_t dtype_code, int32_t heads, int32_t kv_head
 }
 
 std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Array& pos, int32_t pos_value,
-                                  const Array& w, const Array& bias, bool has_bias, float scale) {
+                                  const Array& w, const Array& bias, bool has_bias, float scale, const Array& next,
+                                  bool has_next) {
   const auto &qa = q.a, &c = cache.a, &wa = w.a;
   const mx::Dtype dt = qa.dtype();
   auto bad = [&](const std::string& what) {
@@ -956,7 +1006,9 @@ std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Arra
   if (!attn_wanted()) bad("turned off by CIDER_GPU_ATTN=0");
   const std::string& why = attn_checked(dt, HQ, HK, D, N, has_bias, scale, s);
   if (!why.empty()) bad("failed its check against MLX's ops: " + why);
-  return std::make_unique<Array>(launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, scale, s)[0]);
+  const mx::array* nx = has_next ? &next.a : nullptr;
+  return std::make_unique<Array>(
+      launch_attn(qa, c, pos.a, wa, has_bias ? &bias.a : nullptr, scale, s, 0, nx, prefetch_lines(Next::GateUp, nx))[0]);
 }
 
 rust::String gpu_gemv_check(uint8_t dtype_code, int32_t K, int32_t N, bool has_bias) {
@@ -969,7 +1021,8 @@ rust::String gpu_gemv_check(uint8_t dtype_code, int32_t K, int32_t N, bool has_b
   return rust::String(gemv_checked(dt, K, N, has_bias, s));
 }
 
-std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias) {
+std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias, const Array& next,
+                                bool has_next) {
   const auto &xa = x.a, &wa = w.a;
   const mx::Dtype dt = xa.dtype();
   auto bad = [&](const std::string& what) {
@@ -989,7 +1042,8 @@ std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bia
   if (!gemv_wanted()) bad("turned off by CIDER_GPU_GEMV=0");
   const std::string& why = gemv_checked(dt, K, N, has_bias, s);
   if (!why.empty()) bad("failed its check against MLX's matmul: " + why);
-  return std::make_unique<Array>(launch_gemv(xa, wa, has_bias ? &bias.a : nullptr, s));
+  const mx::array* nx = has_next ? &next.a : nullptr;
+  return std::make_unique<Array>(launch_gemv(xa, wa, has_bias ? &bias.a : nullptr, s, 0, nx, prefetch_lines(Next::Qkv, nx)));
 }
 
 std::string gpu_decode_status() {

@@ -81,10 +81,24 @@ __device__ __forceinline__ float warp_sum(float v) {
 // from k. With S > 1 warps a pair, the pair's first warp adds the S partial
 // sums, always in one order, and the others return false (every warp of
 // the block must call this: it has a barrier).
+// Lines [0, lines) of the 128-byte lines from p, spread over the grid's
+// warps (line l to warp l mod warps): this warp asks L2 for its lines. The
+// next kernel's weights, asked for by each warp of this one once its own
+// loads are in: between two kernels DRAM idles (the last blocks' tail, the
+// launch, the next kernel's first loads; 2-4 us a kernel, bench/RESULTS.md),
+// and these requests fill it, so the next kernel reads its first bytes from
+// L2. Prefetches hold no registers and nothing waits for them.
+__device__ __forceinline__ void l2_share(const void* p, int lines, int warp, int lane) {
+  if (lines <= 0) return;
+  const int nw = int(gridDim.x) * int(blockDim.x >> 5);
+  for (int l = int(blockIdx.x) * int(blockDim.x >> 5) + warp + lane * nw; l < lines; l += 32 * nw)
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(p) + size_t(l) * 128));
+}
+
 template <typename T, int K, int S, int CW, int CB, typename X>
 __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T* w0, const T* w1, int c0, int lane,
                                          int warp, int part, bool live, X xin, float (*part_sum)[2], float& acc0,
-                                         float& acc1) {
+                                         float& acc1, const void* nxt = nullptr, int nxt_lines = 0) {
   acc0 = 0.f;
   acc1 = 0.f;
 #pragma unroll
@@ -106,7 +120,10 @@ __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T
       part_sum[warp][1] = acc1;
     }
     __syncthreads();
-    if (part != 0) return false;
+    if (part != 0) {
+      l2_share(nxt, nxt_lines, warp, lane);
+      return false;
+    }
     acc0 = 0.f;
     acc1 = 0.f;
 #pragma unroll
@@ -115,6 +132,7 @@ __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T
       acc1 += part_sum[warp + i][1];
     }
   }
+  l2_share(nxt, nxt_lines, warp, lane);
   return true;
 }
 // A warp's share of the adjacent rows r0 = 2i, r0 + 1 of w [N, K] (S warps
@@ -169,9 +187,10 @@ struct RowPair {
 // chunks of both rows a warp keeps in flight (4; on an H100, 8 was slower:
 // 95-162 registers a thread against 64; bench/RESULTS.md, eighth pass).
 template <typename T, int K, int N, int S, bool ADD, bool BIAS, int MODE, int D, int ROT, int QN, bool FREQS,
-          int EPS, int SCALE, int LOG2B, int IF>
+          int EPS, int SCALE, int LOG2B, int IF, int PFL>
 __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, const T* w, const T* bias,
-                                          const int* pos, const float* freqs, T* cache, int cap, T* hout, T* y) {
+                                          const int* pos, const float* freqs, T* cache, int cap, T* hout, T* y,
+                                          const T* nxt) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;    // 256-wide chunks of a row: 8 elements per lane
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
@@ -280,7 +299,9 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
     x0 = *reinterpret_cast<const float4*>(xs + k);
     x1 = *reinterpret_cast<const float4*>(xs + k + 4);
   };
-  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_shared, part_sum, acc0, acc1)) return;
+  if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_shared, part_sum, acc0, acc1, nxt,
+                                 PFL))
+    return;
   auto store = [&](int r, T val) {
     if (QN == 0 || r < QN) {
       y[r] = val;
@@ -327,8 +348,8 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // gate/up kernel (bench/gpu_decode.py: 14.8-15.0 against 16.1-16.3 us).
 // Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes to shared memory
 // once per block, behind the first weight loads.
-template <typename T, int K, int N, int S, bool BIAS, int IF>
-__device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y) {
+template <typename T, int K, int N, int S, bool BIAS, int IF, int PFL>
+__device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y, const T* nxt) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;
   constexpr int CW = (C + S - 1) / S;
@@ -351,7 +372,7 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
     widen8<T>(*reinterpret_cast<const uint4*>(xs + k), x0, x1);
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_shared, part_sum,
-                                acc0, acc1))
+                                acc0, acc1, nxt, PFL))
     rp.store<BIAS>(acc0, acc1, bias, y);
 }
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
@@ -731,9 +752,9 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
 }
 
 template <typename T, int K, int N, int S, bool BIAS, int D, int HQ, int HK, int TMAX, int SCALE_LOG2, int IF,
-          int MAXH, int MS>
+          int MAXH, int MS, int PFL>
 __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, const int* pos, const T* w,
-                                       const T* bias, const unsigned* scratch_in, T* y, T* att) {
+                                       const T* bias, const unsigned* scratch_in, T* y, T* att, const T* nxt) {
   constexpr int WARPS = 8;
   constexpr int C = K / 256;            // 256-wide chunks of a row (K % 256 == 0)
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
@@ -816,7 +837,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
     widen8<T>(*reinterpret_cast<const uint4*>(atts + k), x0, x1);
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_att, part_sum, acc0,
-                                acc1))
+                                acc1, nxt, PFL))
     rp.store<BIAS>(acc0, acc1, bias, y);
 }
 
@@ -828,17 +849,17 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
 // with its shape because the text names cache_shape). pos and freqs are
 // cast: SwiGLU's caller passes h in their place (never read).
 inline constexpr const char* kCiderNormCall =
-    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B, IF>"
+    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B, IF, PFL>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
-    "static_cast<T*>(nullptr), 0, hout, y);";
+    "static_cast<T*>(nullptr), 0, hout, y, nxt);";
 inline constexpr const char* kCiderNormKvCall =
-    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF>"
+    "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF, PFL>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
-    "const_cast<T*>(cache), cache_shape[2], hout, q);";
-inline constexpr const char* kCiderGemvCall = "cider_dec::gemv<T, K, N, S, BIAS, IF>(x, w, bias, y);";
+    "const_cast<T*>(cache), cache_shape[2], hout, q, nxt);";
+inline constexpr const char* kCiderGemvCall = "cider_dec::gemv<T, K, N, S, BIAS, IF, PFL>(x, w, bias, y, nxt);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
 inline constexpr const char* kCiderAttnOCall =
-    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF, MAXH, MS>"
-    "(q, cache, cache_shape[2], reinterpret_cast<const int*>(pos), w, bias, scratch, y, att);";
+    "cider_dec::attn_o<T, K, N, S, BIAS, D, HQ, HK, TMAX, SCALE_LOG2, IF, MAXH, MS, PFL>"
+    "(q, cache, cache_shape[2], reinterpret_cast<const int*>(pos), w, bias, scratch, y, att, nxt);";
 
 }  // namespace cider

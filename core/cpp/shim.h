@@ -156,7 +156,8 @@ std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool h
                                          const Array& w, const Array& bias, bool has_bias, int32_t mode,
                                          int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
                                          bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value);
+                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value,
+                                         const Array& next, bool has_next);
 // logits [1, V] (bf16/f16) -> greedy token [1] (uint32): argmax of logits -
 // logsumexp(logits), rounded as MLX's ops round. scratch (from
 // gpu_greedy_scratch) is written by the kernel; prev, the last call's
@@ -185,12 +186,17 @@ int32_t gpu_attn_o_max_positions();
 rust::String gpu_attn_o_check(uint8_t dtype, int32_t heads, int32_t kv_heads, int32_t head_dim, int32_t n,
                               bool has_bias, float scale);
 std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Array& pos, int32_t pos_value,
-                                  const Array& w, const Array& bias, bool has_bias, float scale);
+                                  const Array& w, const Array& bias, bool has_bias, float scale, const Array& next,
+                                  bool has_next);
 // cider's gemv for the MLP's down projection in decode steps: x [1, K] .
 // w [N, K]^T (+ bias) -> [1, N], bf16 or f16. Throws where the arguments do
 // not fit; gpu_gemv_check (by dtype, K, N, bias) first.
 rust::String gpu_gemv_check(uint8_t dtype, int32_t K, int32_t N, bool has_bias);
-std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias);
+std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias, const Array& next,
+                                bool has_next);
+// `next` (gpu_norm_gemv, gpu_attn_o, gpu_gemv, where has_next): the
+// weights of the kernel that runs next, of which each kernel asks L2 for up
+// to CIDER_GPU_PF megabytes once its own loads are in (gpu_decode.cc).
 std::string gpu_decode_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

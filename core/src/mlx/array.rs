@@ -252,11 +252,12 @@ pub fn gpu_attn_o_max_positions() -> i32 {
 /// softmax(scale * q . keys) . values over positions 0..=pos_value of the
 /// cache's joint buffer `cache` [1, 2 kv_heads, capacity, head_dim] (keys'
 /// heads, then values'), times w.T (+ bias): q [1, heads, 1, head_dim] ->
-/// [1, N]. `pos` holds `pos_value` (it may not be computed yet). Check
-/// `gpu_attn_o_check` first; arguments that do not fit are an error.
+/// [1, N]. `pos` holds `pos_value` (it may not be computed yet). `next`: the
+/// weights the next kernel reads (asked of L2 at the end: see `gpu_gemv`).
+/// Check `gpu_attn_o_check` first; arguments that do not fit are an error.
 #[allow(clippy::too_many_arguments)]
-pub fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: Option<&Array>, scale: f32) -> Result<Array> {
-    wrap(ffi::gpu_attn_o(&q.inner, &cache.inner, &pos.inner, pos_value, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), scale))
+pub fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: Option<&Array>, scale: f32, next: Option<&Array>) -> Result<Array> {
+    wrap(ffi::gpu_attn_o(&q.inner, &cache.inner, &pos.inner, pos_value, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), scale, &next.unwrap_or(w).inner, next.is_some()))
 }
 
 /// Checks, once per process, cider's gemv for a one-row product with a
@@ -267,10 +268,13 @@ pub fn gpu_gemv_check(dtype: Dtype, k: i32, n: i32, has_bias: bool) -> Result<()
 }
 
 /// x [1, K] times w [N, K] transposed (+ bias) -> [1, N] on the GPU with
-/// cider's gemv (the MLP's down projection in decode steps). Check
-/// `gpu_gemv_check` first; arguments that do not fit are an error.
-pub fn gpu_gemv(x: &Array, w: &Array, bias: Option<&Array>) -> Result<Array> {
-    wrap(ffi::gpu_gemv(&x.inner, &w.inner, &bias.unwrap_or(w).inner, bias.is_some()))
+/// cider's gemv (the MLP's down projection in decode steps). `next`: the
+/// weights the kernel after this one reads, of which this one asks L2 for
+/// the first few megabytes once its own loads are in (CIDER_GPU_PF;
+/// core/cpp/gpu_decode.cc says why). Check `gpu_gemv_check` first;
+/// arguments that do not fit are an error.
+pub fn gpu_gemv(x: &Array, w: &Array, bias: Option<&Array>, next: Option<&Array>) -> Result<Array> {
+    wrap(ffi::gpu_gemv(&x.inner, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), &next.unwrap_or(w).inner, next.is_some()))
 }
 
 /// What the fused decode kernel does after its matrix-vector product.
@@ -291,7 +295,8 @@ pub enum DecodeEpilogue<'a> {
 /// `cache` [1, heads, capacity, head_dim] at the RoPE position, after
 /// `prev` (an output of the last kernel that wrote there) is computed: only
 /// the cache's owner may pass it, evaluated and with room (see
-/// `KvCache::joint_slot`).
+/// `KvCache::joint_slot`). `next`: the weights the next kernel reads (asked
+/// of L2 at the end: see `gpu_gemv`).
 /// Check `gpu_decode_ready` first; arguments that do not fit are an error,
 /// not a fallback.
 #[allow(clippy::too_many_arguments)]
@@ -304,6 +309,7 @@ pub fn gpu_norm_gemv(
     bias: Option<&Array>,
     epi: &DecodeEpilogue,
     kv: Option<(&Array, i32, &Array)>,
+    next: Option<&Array>,
 ) -> Result<(Array, Array)> {
     let (mode, rot, head_dim, pos, pos_value, freqs, log2_base, scale) = match epi {
         DecodeEpilogue::Rope { rot, head_dim, pos, pos_value, freqs, log2_base, scale } => {
@@ -333,6 +339,8 @@ pub fn gpu_norm_gemv(
         kv.map_or(0, |k| k.1),
         &kv.map_or(h, |k| k.2).inner,
         pos_value,
+        &next.unwrap_or(w).inner,
+        next.is_some(),
     )?;
     let mut v = list_to_vec(l)?.into_iter();
     match (v.next(), v.next()) {

@@ -44,7 +44,7 @@ pub(crate) mod ffi {
         fn gpu_norm_gemv(h: &Array, dl: &Array, has_dl: bool, g: &Array, eps: f32, w: &Array, bias: &Array,
                          has_bias: bool, mode: i32, rot: i32, head_dim: i32, pos: &Array, freqs: &Array,
                          has_freqs: bool, log2_base: f32, rope_scale: f32, cache: &Array, has_cache: bool,
-                         qn: i32, prev: &Array, pos_value: i32) -> Result<UniquePtr<ArrayList>>;
+                         qn: i32, prev: &Array, pos_value: i32, next: &Array, has_next: bool) -> Result<UniquePtr<ArrayList>>;
         fn gpu_greedy_scratch() -> Result<UniquePtr<Array>>;
         #[allow(clippy::too_many_arguments)]
         fn gpu_decode_check(dtype: u8, k: i32, n: i32, mode: i32, has_dl: bool, has_bias: bool, rot: i32, head_dim: i32,
@@ -56,9 +56,9 @@ pub(crate) mod ffi {
         fn gpu_attn_o_check(dtype: u8, heads: i32, kv_heads: i32, head_dim: i32, n: i32, has_bias: bool, scale: f32) -> Result<String>;
         #[allow(clippy::too_many_arguments)]
         fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: &Array, has_bias: bool,
-                      scale: f32) -> Result<UniquePtr<Array>>;
+                      scale: f32, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn gpu_gemv_check(dtype: u8, k: i32, n: i32, has_bias: bool) -> Result<String>;
-        fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool) -> Result<UniquePtr<Array>>;
+        fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

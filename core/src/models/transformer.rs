@@ -436,8 +436,20 @@ impl Transformer {
         let attn_o = caches_offset < crate::mlx::gpu_attn_o_max_positions() && self.attn_checked();
         let down_gemv = self.down_checked();
         let mut delta: Option<Array> = None;
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+        // Each kernel names the weights the next one reads, which it asks L2
+        // for once its own are in (`gpu_gemv` says why).
+        fn dense(l: &Linear) -> Option<&Array> {
+            match l {
+                Linear::Dense { weight, .. } => Some(weight),
+                _ => None,
+            }
+        }
+        for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let a = &layer.attn;
+            let next_qkv = self.layers.get(i + 1).and_then(|l| match &l.attn.qkv {
+                Qkv::Fused(w) => dense(w),
+                _ => None,
+            });
             let (Qkv::Fused(Linear::Dense { weight: wqkv, bias: bqkv, .. }), Mlp::Fused { gate_up, down, .. }) = (&a.qkv, &layer.mlp)
             else {
                 unreachable!("checked by `fusable` at load")
@@ -459,13 +471,13 @@ impl Transformer {
                     let (buf, p) = (&slot.buf, slot.pos);
                     debug_assert_eq!(p, caches_offset);
                     let kv = Some((buf, hq * d, &slot.after));
-                    let (h1, q) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, kv)?;
+                    let (h1, q) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, kv, dense(&a.o_proj))?;
                     if attn_o {
                         // Attention and o projection in one kernel that
                         // reads the buffer in place, after this step's write
                         // (it takes q): the next write waits for its output.
                         let Linear::Dense { weight: wo, bias: bo, .. } = &a.o_proj else { unreachable!("checked by `attn_checked`") };
-                        let r = crate::mlx::gpu_attn_o(&q, buf, &pos, p, wo, bo.as_ref(), a.scale)?;
+                        let r = crate::mlx::gpu_attn_o(&q, buf, &pos, p, wo, bo.as_ref(), a.scale, Some(wgu))?;
                         cache.joint_written(&r);
                         (h1, r)
                     } else {
@@ -475,15 +487,15 @@ impl Transformer {
                     }
                 }
                 None => {
-                    let (h1, qkv) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, None)?;
+                    let (h1, qkv) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, None, None)?;
                     let (k, v) = cache.update_and_fetch(&qkv.slice_axis(1, hq, hq + hk)?, &qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)?;
                     (h1, attend(&qkv.slice_axis(1, 0, hq)?, &k, &v, cache)?)
                 }
             };
             let n = &layer.post_norm;
-            let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None)?;
+            let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None, dense(down))?;
             delta = Some(match down {
-                Linear::Dense { weight, bias, .. } if down_gemv => crate::mlx::gpu_gemv(&act, weight, bias.as_ref())?,
+                Linear::Dense { weight, bias, .. } if down_gemv => crate::mlx::gpu_gemv(&act, weight, bias.as_ref(), next_qkv)?,
                 _ => down.forward(&act)?,
             });
             h = h2;
