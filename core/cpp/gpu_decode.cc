@@ -239,7 +239,7 @@ enum class Next { Qkv, O, GateUp, Down };
 // bench/RESULTS.md (thirteenth pass).
 double prefetch_mb(Next which) {
   static const std::array<double, 4> mb = [] {
-    std::array<double, 4> v{8, 8, 8, 8};
+    std::array<double, 4> v{4, 4, 4, 4};
     const char* e = std::getenv("CIDER_GPU_PF");
     if (!e || !*e) return v;
     std::vector<double> got;
