@@ -277,6 +277,71 @@ pub fn gpu_gemv(x: &Array, w: &Array, bias: Option<&Array>, next: Option<&Array>
     wrap(ffi::gpu_gemv(&x.inner, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), &next.unwrap_or(w).inner, next.is_some()))
 }
 
+/// Checks, once per process, the kernel that runs one layer's down
+/// projection (`kd` inputs, a bias or not) and the next layer's q/k/v kernel
+/// (`gpu_decode_check`'s KV variant, with the residual add) in one, against
+/// those two kernels: outputs must be identical. Err says why it is not used.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_down_qkv_check(dtype: Dtype, k: i32, n: i32, has_bias: bool, eps: f32, epi: &DecodeEpilogue, qn: i32, kd: i32, has_down_bias: bool) -> Result<()> {
+    let DecodeEpilogue::Rope { rot, head_dim, freqs, log2_base, scale, .. } = epi else {
+        return Err(Error::backend("the fused down + q/k/v kernel needs the RoPE epilogue"));
+    };
+    check_result(ffi::gpu_down_qkv_check(dtype as u8, k, n, has_bias, *rot, *head_dim, freqs.is_some(), *log2_base, *scale, eps, qn, kd, has_down_bias)?)
+}
+
+/// One layer's MLP down projection `down` = (act [1, KD], w [K, KD], bias)
+/// and the next layer's `gpu_norm_gemv` KV variant with it as the residual
+/// delta, in one kernel: returns (h + delta, q). Arguments as
+/// `gpu_norm_gemv`'s (RoPE epilogue, `kv` = (cache, qn, prev)); check
+/// `gpu_down_qkv_check` first.
+#[allow(clippy::too_many_arguments)]
+pub fn gpu_down_qkv(
+    down: (&Array, &Array, Option<&Array>),
+    h: &Array,
+    g: &Array,
+    eps: f32,
+    w: &Array,
+    bias: Option<&Array>,
+    epi: &DecodeEpilogue,
+    kv: (&Array, i32, &Array),
+    next: Option<&Array>,
+) -> Result<(Array, Array)> {
+    let DecodeEpilogue::Rope { rot, head_dim, pos, pos_value, freqs, log2_base, scale } = epi else {
+        return Err(Error::backend("the fused down + q/k/v kernel needs the RoPE epilogue"));
+    };
+    let (act, wd, bd) = down;
+    let l = ffi::gpu_down_qkv(
+        &act.inner,
+        &wd.inner,
+        &bd.unwrap_or(wd).inner,
+        bd.is_some(),
+        &h.inner,
+        &g.inner,
+        eps,
+        &w.inner,
+        &bias.unwrap_or(g).inner,
+        bias.is_some(),
+        *rot,
+        *head_dim,
+        &pos.inner,
+        &freqs.unwrap_or(h).inner,
+        freqs.is_some(),
+        *log2_base,
+        *scale,
+        &kv.0.inner,
+        kv.1,
+        &kv.2.inner,
+        *pos_value,
+        &next.unwrap_or(w).inner,
+        next.is_some(),
+    )?;
+    let mut v = list_to_vec(l)?.into_iter();
+    match (v.next(), v.next()) {
+        (Some(hs), Some(q)) => Ok((hs, q)),
+        _ => Err(Error::backend("fused down + q/k/v kernel returned no outputs")),
+    }
+}
+
 /// What the fused decode kernel does after its matrix-vector product.
 pub enum DecodeEpilogue<'a> {
     /// RoPE on the first `rot` outputs, heads of `head_dim`, at position
