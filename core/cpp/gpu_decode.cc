@@ -441,9 +441,9 @@ mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* b
 }
 
 // One scratch per stream for down_qkv (layout in gpu_decode_src.h: count,
-// exits, a claim per unit; at most MAX_K / 2 units, one a row pair), zero
-// between calls; calls are ordered by data as attn_scratch's are.
-constexpr int DQ_SCRATCH_WORDS = 2 + MAX_K / 2;
+// exits, ticket), zero between calls; calls are ordered by data as
+// attn_scratch's are.
+constexpr int DQ_SCRATCH_WORDS = 3;
 const mx::array& dq_scratch(const mx::Stream& s) {
   static std::mutex m;
   static std::map<int, mx::array> by_stream;
@@ -877,8 +877,6 @@ bool down_qkv_wanted() {
 // identical. Run twice, so the second call finds the scratch the first left
 // (the last block out zeroes it).
 std::string check_down_qkv(const Cfg& c, int KD, bool biasd, const mx::Stream& s) {
-  if (const std::string& why = cfg_checked(c, s); !why.empty()) return why;
-  if (const std::string& why = gemv_checked(c.dt, KD, c.K, biasd, s); !why.empty()) return why;
   const int K = c.K, N = c.N, D = c.rope.head_dim;
   auto rnd = [&](mx::Shape shape, float sd, int seed) {
     return mx::random::normal(shape, c.dt, 0.0f, sd, mx::random::key(seed), s);
@@ -915,6 +913,10 @@ std::string check_down_qkv(const Cfg& c, int KD, bool biasd, const mx::Stream& s
 std::map<std::tuple<Cfg, int, bool>, std::string> down_qkv_checks;
 
 const std::string& down_qkv_checked(const Cfg& c, int KD, bool biasd, const mx::Stream& s) {
+  // The separate kernels' own checks first, outside this memo's lock (they
+  // take it themselves).
+  if (const std::string& why = cfg_checked(c, s); !why.empty()) return why;
+  if (const std::string& why = gemv_checked(c.dt, KD, c.K, biasd, s); !why.empty()) return why;
   return checked(down_qkv_checks, std::make_tuple(c, KD, biasd), [&] { return check_down_qkv(c, KD, biasd, s); });
 }
 

@@ -848,15 +848,15 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
 // One layer's MLP down projection and the next layer's q/k/v kernel in one
 // kernel (two graph nodes were two launches, two ramps and two nodes of
 // MLX host time). delta [K] = wd [K, KD] . act [KD] (+ bd) is computed in
-// units of a block's row pairs (gemv's layout: SD warps a pair), which
-// every block claims and counts as the attention kernel's heads are
-// (run_wait_steal: a block that waits runs units nobody has claimed, so no
-// block waits on one that has not started); blocks 0..QB-1 then wait for
-// all of delta and run norm_gemv's KV variant with dl = delta: h + delta,
-// RMSNorm, q/k/v, RoPE, keys and values into the cache. Same sums in the
-// same order as gemv then norm_gemv (the shim checks the outputs are
-// identical). scratch: count, exits, a claim per unit (2 + UNITS words,
-// zero before the call; the last block out zeroes them again).
+// units of a block's row pairs (gemv's layout: SD warps a pair) that blocks
+// take from a queue (a ticket counter) until it is empty, counting each
+// done; blocks 0..QB-1 then wait until all are counted and run norm_gemv's
+// KV variant with dl = delta: h + delta, RMSNorm, q/k/v, RoPE, keys and
+// values into the cache. A unit is taken only by a block that runs, so no
+// block waits on one that has not started, however many blocks the GPU
+// holds at once. Same sums in the same order as gemv then norm_gemv (the
+// shim checks the outputs are identical). scratch: count, exits, ticket
+// (zero before the call; the last block out zeroes them again).
 template <typename T, int K, int N, int S, bool BIAS, int D, int ROT, int QN, bool FREQS, int EPS, int SCALE,
           int LOG2B, int IF, int PFL, int KD, int SD, bool BIASD, int IFD, int PFLD, int QB>
 __device__ __forceinline__ void down_qkv(const T* act, const T* wd, const T* bd, const T* h, const T* g, const T* w,
@@ -868,10 +868,17 @@ __device__ __forceinline__ void down_qkv(const T* act, const T* wd, const T* bd,
   static_assert(KD % 8 == 0 && K % 2 == 0, "down_qkv shapes");
   __shared__ __align__(16) T xs[KD];
   __shared__ float part_sum[WARPS][2];
+  __shared__ int s_u;
   unsigned* scratch = const_cast<unsigned*>(scratch_in);
+  unsigned *count = scratch, *exits = scratch + 1, *ticket = scratch + 2;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, b = blockIdx.x;
   bool staged = false;  // act in xs (block-uniform)
-  run_wait_steal(scratch + 2, scratch, UNITS, b < UNITS ? b : -1, b < QB, b, [&](int u, bool) {
+#pragma unroll 1
+  for (;;) {
+    if (tid == 0) s_u = int(atomicAdd(ticket, 1u));
+    __syncthreads();
+    const int u = s_u;
+    if (u >= UNITS) break;
     RowPair<T, KD, K, SD, CWD, CBD> rp(wd, u);  // its first weights in flight while act is staged
     if (!staged) {
       if ((reinterpret_cast<size_t>(act) & 15) == 0) {
@@ -890,9 +897,21 @@ __device__ __forceinline__ void down_qkv(const T* act, const T* wd, const T* bd,
     if (pair_dot<T, KD, SD, CWD, CBD>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_shared,
                                       part_sum, acc0, acc1, w, PFLD, u, UNITS))
       rp.store<BIASD>(acc0, acc1, bd, delta);
-    __syncthreads();  // (run_wait_steal counts the unit after this)
-  });
-  exit_reset(scratch, scratch + 1, 2 + UNITS, b >= QB);
+    // Counted as cooperative groups' grid sync publishes a block's writes:
+    // a barrier, then one thread's fence and add (the barrier also keeps
+    // s_u until every thread has read it).
+    __syncthreads();
+    if (tid == 0) {
+      __threadfence();
+      atomicAdd(count, 1u);
+    }
+  }
+  if (b < QB) {
+    if (tid == 0)
+      while (ld_acquire(count) < unsigned(UNITS)) __nanosleep(64);
+    __syncthreads();
+  }
+  exit_reset(scratch, exits, 3, b >= QB);
   if (b >= QB) return;
   norm_gemv<T, K, N, S, true, BIAS, 1, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF, PFL>(h, delta, g, w, bias, pos, freqs,
                                                                                     cache, cap, hout, q, nxt, QB);
