@@ -39,10 +39,8 @@ def fbits(f):
 
 
 def parse(setting):
-    """(megabytes a boundary, whether down + q/k/v is one kernel: a "+dq" suffix)"""
-    dq = setting.endswith("+dq")
-    v = [float(x) for x in setting.removesuffix("+dq").split(",")]
-    return (v * 4 if len(v) == 1 else v), dq
+    v = [float(x) for x in setting.split(",")]
+    return v * 4 if len(v) == 1 else v
 
 
 def main():
@@ -66,10 +64,6 @@ def main():
     attn = mx.fast.cuda_kernel("cider_attn_o", ["q", "cache", "pos", "w", "bias", "scratch", "nxt"], ["y", "att"],
                                CALLS["kCiderAttnOCall"], header=HEADER)
     gemv = mx.fast.cuda_kernel("cider_gemv", ["x", "w", "bias", "nxt"], ["y"], CALLS["kCiderGemvCall"], header=HEADER)
-    down_qkv = mx.fast.cuda_kernel(
-        "cider_down_qkv", ["act", "wd", "bd", "h", "g", "w", "bias", "pos", "freqs", "cache", "prev", "scratch", "nxt"],
-        ["hout", "q", "delta"], CALLS["kCiderDownQkvCall"], header=HEADER)
-    dq_scratch = mx.zeros((3,), mx.uint32)
     clock = mx.fast.cuda_kernel("cider_clock", ["after"], ["t"], """
   unsigned long long g;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
@@ -96,29 +90,18 @@ def main():
     def lines(mb, w):
         return int(min(w.nbytes, mb * (1 << 20)) // 128)
 
-    def chain(setting):
-        pf, dq = setting
-        h, delta, pending = h0, None, None
+    def chain(pf):
+        h, delta = h0, None
         t0 = stamp(h0)
         for i, ((wqkv, wo, wgu, wdown), cache) in enumerate(layers):
             nq = layers[i + 1][0][0] if i + 1 < LAYERS else None
-            qkv_t = [("T", dt), ("K", HID), ("N", QKV), ("S", 1), ("BIAS", False), ("D", D), ("ROT", (HQ + HK) * D),
-                     ("FREQS", True), ("LOG2B", 0)] + common + [("PFL", lines(pf[1], wo)), ("QN", HQ * D)]
-            if pending is not None:
-                act, wd = pending
-                hout, q, _ = down_qkv(
-                    inputs=[act, wd, wd, h, g, wqkv, g, pos, freqs, cache, cache, dq_scratch, wo],
-                    output_shapes=[(1, HID), (1, HQ, 1, D), (1, HID)], output_dtypes=[dt, dt, dt],
-                    grid=(256 * 512, 1, 1), threadgroup=(256, 1, 1),
-                    template=qkv_t + [("KD", FF), ("SD", 4), ("BIASD", False), ("IFD", 2),
-                                      ("PFLD", lines(pf[0], wqkv)), ("QB", 192)])
-                pending = None
-            else:
-                hout, q = norm_kv(
-                    inputs=[h, delta if delta is not None else h, g, wqkv, g, pos, freqs, cache,
-                            t0 if i == 0 else cache, wo],
-                    output_shapes=[(1, HID), (1, HQ, 1, D)], output_dtypes=[dt, dt], grid=(256 * 192, 1, 1),
-                    threadgroup=(256, 1, 1), template=qkv_t + [("ADD", delta is not None), ("MODE", 1)])
+            hout, q = norm_kv(
+                inputs=[h, delta if delta is not None else h, g, wqkv, g, pos, freqs, cache, t0 if i == 0 else cache, wo],
+                output_shapes=[(1, HID), (1, HQ, 1, D)], output_dtypes=[dt, dt], grid=(256 * 192, 1, 1),
+                threadgroup=(256, 1, 1),
+                template=[("T", dt), ("K", HID), ("N", QKV), ("S", 1), ("ADD", delta is not None), ("BIAS", False),
+                          ("MODE", 1), ("D", D), ("ROT", (HQ + HK) * D), ("FREQS", True), ("LOG2B", 0)] + common
+                + [("PFL", lines(pf[1], wo)), ("QN", HQ * D)])
             r = attn(inputs=[q, cache, pos, wo, wo, scratch, wgu], output_shapes=[(1, HID), (1, HQ * D)],
                      output_dtypes=[dt, dt], grid=(256 * 256, 1, 1), threadgroup=(256, 1, 1),
                      template=[("T", dt), ("K", HQ * D), ("N", HID), ("S", 2), ("BIAS", False), ("D", D), ("HQ", HQ),
@@ -131,9 +114,6 @@ def main():
                           + [("PFL", lines(pf[3], wdown))])
             if nq is None and a.head:
                 nq = whead
-            if dq and i + 1 < LAYERS:
-                pending = (act, wdown)
-                continue
             delta = gemv(inputs=[act, wdown, wdown, nq if nq is not None else wdown], output_shapes=[(1, HID)],
                          output_dtypes=[dt], grid=(256 * 512, 1, 1), threadgroup=(256, 1, 1),
                          template=[("T", dt), ("K", FF), ("N", HID), ("S", 4), ("BIAS", False), ("IF", 2),

@@ -69,12 +69,6 @@ def variants():
                    base + [("N", 3072), ("MODE", 1), ("ROT", 2560), ("QN", 2048)], CALLS["kCiderNormKvCall"])
             yield (f"gateup_{t}_if{IF}", ins, [("hout", T), ("y", T)],
                    base + [("N", 16384), ("MODE", 2), ("ROT", 0)], CALLS["kCiderNormCall"])
-            yield (f"down_qkv_{t}_if{IF}",
-                   [(n, T) for n in ("act", "wd", "bd", "h", "g", "w", "bias", "pos", "freqs", "cache", "prev")]
-                   + [("scratch", "uint32_t"), ("nxt", T)], [("hout", T), ("q", T), ("delta", T)],
-                   [kv for kv in base if kv[0] not in ("ADD", "BIAS", "PFL")] + [("N", 3072), ("BIAS", False), ("ROT", 2560), ("QN", 2048), ("PFL", 32768), ("KD", 8192),
-                           ("SD", 4), ("BIASD", False), ("IFD", 2), ("PFLD", 32768), ("QB", 192)],
-                   CALLS["kCiderDownQkvCall"])
         for K, N, D, HQ, HK, S in ((2048, 2048, 64, 32, 8, 1), (2048, 2048, 64, 32, 8, 2), (4096, 3072, 128, 32, 8, 2)):
             yield (f"attn_o_{t}_K{K}_D{D}_S{S}",
                    [("q", T), ("cache", T), ("pos", "int32_t"), ("w", T), ("bias", T), ("scratch", "uint32_t"), ("nxt", T)],

@@ -141,7 +141,7 @@ void keep_header_file() {
 // The norm kernel's plain variant (output y) and KV variant (q, and keys
 // and values into the cache in place); greedy sampling; the attention + o
 // projection kernel; the MLP's down projection.
-enum class Kind { Norm, NormKv, Greedy, AttnO, Gemv, DownQkv };
+enum class Kind { Norm, NormKv, Greedy, AttnO, Gemv };
 
 // Each kind's inputs, outputs and call line (indexed by Kind).
 struct KindSpec {
@@ -156,11 +156,7 @@ const KindSpec& spec(Kind kind) {
        kCiderNormKvCall},
       {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
       {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch", "nxt"}, {"y", "att"}, kCiderAttnOCall},
-      {"cider_gemv", {"x", "w", "bias", "nxt"}, {"y"}, kCiderGemvCall},
-      {"cider_down_qkv",
-       {"act", "wd", "bd", "h", "g", "w", "bias", "pos", "freqs", "cache", "prev", "scratch", "nxt"},
-       {"hout", "q", "delta"},
-       kCiderDownQkvCall}};
+      {"cider_gemv", {"x", "w", "bias", "nxt"}, {"y"}, kCiderGemvCall}};
   return specs[int(kind)];
 }
 
@@ -438,47 +434,6 @@ mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* b
   return kernel(Kind::Gemv, targs)({x, w, bias ? *bias : w, next && pf > 0 ? *next : w}, {{1, N}}, {x.dtype()},
                                    {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt,
                                    false, s)[0];
-}
-
-// One scratch per stream for down_qkv (layout in gpu_decode_src.h: count,
-// exits, ticket), zero between calls; calls are ordered by data as
-// attn_scratch's are.
-constexpr int DQ_SCRATCH_WORDS = 3;
-const mx::array& dq_scratch(const mx::Stream& s) {
-  static std::mutex m;
-  static std::map<int, mx::array> by_stream;
-  std::lock_guard<std::mutex> lock(m);
-  auto it = by_stream.find(s.index);
-  if (it != by_stream.end()) return it->second;
-  auto z = mx::zeros({DQ_SCRATCH_WORDS}, mx::uint32, s);
-  mx::eval(z);
-  return by_stream.emplace(s.index, z).first->second;
-}
-
-// The down projection act [1, KD] . wd [K, KD]^T (+ bd) as dl of the KV
-// variant of `launch` (q/k/v + RoPE, keys and values into the cache), in one
-// kernel (down_qkv in gpu_decode_src.h): {h + delta, q, delta}. Splits as
-// gemv and launch pick them. Shapes were checked by the caller.
-std::vector<mx::array> launch_down_qkv(const mx::array& act, const mx::array& wd, const mx::array* bd,
-                                       const mx::array& h, const mx::array& g, float eps, const mx::array& w,
-                                       const mx::array* bias, const Rope& rope, const mx::array& pos,
-                                       const mx::array& cache, int qn, const mx::array& prev, const mx::Stream& s,
-                                       const mx::array* next = nullptr, int pf = 0) {
-  static const mx::array no_freqs = mx::array({0.0f});
-  const int K = w.shape(1), N = w.shape(0), KD = wd.shape(1);
-  const int S = split_for(N / 2, K), SD = gemv_split(K / 2, KD);
-  const int QB = blocks_for(N / 2, S), units = blocks_for(K / 2, SD);
-  keep_header_file();
-  const TArgs targs{{"T", h.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"D", rope.head_dim},
-                    {"ROT", rope.rot}, {"QN", qn}, {"FREQS", rope.freqs != nullptr}, {"EPS", float_bits(eps)},
-                    {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)}, {"IF", IN_FLIGHT},
-                    {"PFL", next ? pf : 0}, {"KD", KD}, {"SD", SD}, {"BIASD", bd != nullptr},
-                    {"IFD", GEMV_IN_FLIGHT}, {"PFLD", prefetch_lines(Next::Qkv, &w)}, {"QB", QB}};
-  return kernel(Kind::DownQkv, targs)(
-      {act, wd, bd ? *bd : wd, h, g, w, bias ? *bias : g, pos, rope.freqs ? *rope.freqs : no_freqs, cache, prev,
-       dq_scratch(s), next && pf > 0 ? *next : w},
-      {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}, {1, K}}, {h.dtype(), h.dtype(), h.dtype()},
-      {32 * WARPS * std::max(QB, units), 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false, s);
 }
 
 // The gemv against MLX's matmul (addmm with a bias) on random rows: within
@@ -864,62 +819,6 @@ const std::string& gemv_checked(mx::Dtype dt, int K, int N, bool bias, const mx:
                  [&] { return gemv_rows(dt, K, N, bias, gemv_split(N / 2, K), 0, s); });
 }
 
-// CIDER_GPU_DOWN_QKV=0 keeps the down projection and the next layer's q/k/v
-// in two kernels.
-bool down_qkv_wanted() {
-  static const bool off = env_off("CIDER_GPU_DOWN_QKV");
-  return !off;
-}
-
-// down_qkv for a configuration against gemv then the KV variant of `launch`
-// (each checked against MLX's ops first) on random inputs: the same sums in
-// the same order, so every output, the delta and the whole cache must be
-// identical. Run twice, so the second call finds the scratch the first left
-// (the last block out zeroes it).
-std::string check_down_qkv(const Cfg& c, int KD, bool biasd, const mx::Stream& s) {
-  const int K = c.K, N = c.N, D = c.rope.head_dim;
-  auto rnd = [&](mx::Shape shape, float sd, int seed) {
-    return mx::random::normal(shape, c.dt, 0.0f, sd, mx::random::key(seed), s);
-  };
-  auto freqs = mx::astype(mx::exp(mx::multiply(mx::arange(0, D / 2, mx::float32, s), mx::array(0.3f), s), s),
-                          mx::float32, s);
-  const int offset = 37, cap = offset + 3, heads = (N - c.qn) / D;
-  auto pos = mx::arange(offset, offset + 4, mx::int32, s);
-  auto act = rnd({1, KD}, 1.0f, 4), wd = rnd({K, KD}, 0.02f, 11), bd = rnd({1, K}, 0.5f, 21);
-  auto h = rnd({1, K}, 1.0f, 1), g = rnd({K}, 0.3f, 3), w = rnd({N, K}, 0.05f, 10), b = rnd({1, N}, 0.5f, 20);
-  Rope rope = c.rope;
-  rope.freqs = c.freqs ? &freqs : nullptr;
-  const mx::array* bp = c.bias ? &b : nullptr;
-  const mx::array* bdp = biasd ? &bd : nullptr;
-  auto cache1 = mx::zeros({1, heads, cap, D}, c.dt, s), cache2 = mx::zeros({1, heads, cap, D}, c.dt, s);
-  mx::eval({cache1, cache2, act, wd, bd, h, g, w, b, freqs, pos});
-  auto delta = launch_gemv(act, wd, bdp, s);
-  auto sep = launch(h, &delta, g, c.eps, w, bp, 1, rope, pos, &cache1, c.qn, s);
-  mx::eval(sep);
-  for (int round = 0; round < 2; round++) {
-    auto got = launch_down_qkv(act, wd, bdp, h, g, c.eps, w, bp, rope, pos, cache2, c.qn, cache2, s);
-    mx::eval(got);
-    const char* names[] = {"h + delta", "q", "delta", "cache"};
-    const mx::array want[] = {sep[0], sep[1], delta, cache1};
-    const mx::array have[] = {got[0], got[1], got[2], cache2};
-    for (int i = 0; i < 4; i++)
-      if (!mx::array_equal(want[i], have[i], false, s).item<bool>())
-        return std::string(names[i]) + " differs from the separate kernels' (" + c.key() + ", KD " +
-               std::to_string(KD) + ", call " + std::to_string(round + 1) + ")";
-  }
-  return "";
-}
-
-std::map<std::tuple<Cfg, int, bool>, std::string> down_qkv_checks;
-
-const std::string& down_qkv_checked(const Cfg& c, int KD, bool biasd, const mx::Stream& s) {
-  // The separate kernels' own checks first, outside this memo's lock (they
-  // take it themselves).
-  if (const std::string& why = cfg_checked(c, s); !why.empty()) return why;
-  if (const std::string& why = gemv_checked(c.dt, KD, c.K, biasd, s); !why.empty()) return why;
-  return checked(down_qkv_checks, std::make_tuple(c, KD, biasd), [&] { return check_down_qkv(c, KD, biasd, s); });
-}
-
 mx::Dtype dtype_of(uint8_t code) {
   return code == 11 ? mx::bfloat16 : code == 9 ? mx::float16 : mx::float32;
 }
@@ -969,21 +868,19 @@ rust::String gpu_decode_self_test(uint8_t dtype_code) {
   }
 }
 
-namespace {
-// gpu_norm_gemv's and gpu_down_qkv's arguments checked (the model checks all
-// of this once at load; a mismatch here is a bug there, reported instead of
-// launching on memory the kernel does not own); the RoPE epilogue. Throws
-// with `what` naming the kernel.
-Rope checked_norm_args(const char* what, const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
-                       const Array& w, const Array& bias, bool has_bias, int32_t mode, int32_t rot, int32_t head_dim,
-                       const Array& pos, const Array& freqs, bool has_freqs, float log2_base, float rope_scale,
-                       const Array& cache, bool has_cache, int32_t qn, int32_t pos_value, bool fused_dl,
-                       const mx::Stream& s) {
+std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
+                                         const Array& w, const Array& bias, bool has_bias, int32_t mode,
+                                         int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
+                                         bool has_freqs, float log2_base, float rope_scale, const Array& cache,
+                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value,
+                                         const Array& next, bool has_next) {
   const mx::Dtype dt = h.a.dtype();
   const int K = h.a.size(), N = w.a.ndim() == 2 ? w.a.shape(0) : 0;
-  auto bad = [&](const std::string& why) {
-    throw std::invalid_argument(std::string(what) + ": " + why + " (h " + shape_str(h.a) + ", w " + shape_str(w.a) +
-                                ")");
+  // The model checks all of this once at load; a mismatch here is a bug
+  // there, reported instead of launching on memory the kernel does not own.
+  auto bad = [&](const std::string& what) {
+    throw std::invalid_argument("fused decode kernel: " + what + " (h " + shape_str(h.a) + ", w " +
+                                shape_str(w.a) + ")");
   };
   if (dt != mx::bfloat16 && dt != mx::float16) bad("activations must be bfloat16 or float16");
   if (h.a.ndim() != 2 || h.a.shape(0) != 1) bad("h must be one row [1, K]");
@@ -1023,83 +920,21 @@ Rope checked_norm_args(const char* what, const Array& h, const Array& dl, bool h
     if (p < 0 || p >= c.shape(2))
       bad("position " + std::to_string(p) + " outside the cache's " + std::to_string(c.shape(2)) + " slots");
   }
+  const mx::Stream s = mx::default_stream(mx::default_device());
   if (!ready(dt, s)) bad("not available on this device");
   // Checked against MLX's ops before its first launch (the model asks
   // gpu_decode_check first, so this finds it done).
-  const Cfg c = make_cfg(dt, K, N, mode, has_cache ? qn : 0, has_dl || fused_dl, has_bias, rope, has_freqs, eps);
-  const std::string& why = cfg_checked(c, s);
-  if (!why.empty()) bad("failed its check against MLX's ops: " + why);
-  return rope;
-}
-}  // namespace
-
-std::unique_ptr<ArrayList> gpu_norm_gemv(const Array& h, const Array& dl, bool has_dl, const Array& g, float eps,
-                                         const Array& w, const Array& bias, bool has_bias, int32_t mode,
-                                         int32_t rot, int32_t head_dim, const Array& pos, const Array& freqs,
-                                         bool has_freqs, float log2_base, float rope_scale, const Array& cache,
-                                         bool has_cache, int32_t qn, const Array& prev, int32_t pos_value,
-                                         const Array& next, bool has_next) {
-  const mx::Stream s = mx::default_stream(mx::default_device());
-  const Rope rope = checked_norm_args("fused decode kernel", h, dl, has_dl, g, eps, w, bias, has_bias, mode, rot,
-                                      head_dim, pos, freqs, has_freqs, log2_base, rope_scale, cache, has_cache, qn,
-                                      pos_value, false, s);
+  {
+    const Cfg c = make_cfg(dt, K, N, mode, has_cache ? qn : 0, has_dl, has_bias, rope, has_freqs, eps);
+    const std::string& why = cfg_checked(c, s);
+    if (!why.empty()) bad("failed its check against MLX's ops: " + why);
+  }
   const mx::array* nx = has_next ? &next.a : nullptr;
   auto out = launch(h.a, has_dl ? &dl.a : nullptr, g.a, eps, w.a, has_bias ? &bias.a : nullptr, mode, rope,
                     pos.a, has_cache ? &cache.a : nullptr, qn, s, &prev.a, 0, nx,
                     prefetch_lines(mode == 2 ? Next::Down : Next::O, nx));
   auto l = std::make_unique<ArrayList>();
   l->v = std::move(out);
-  return l;
-}
-
-rust::String gpu_down_qkv_check(uint8_t dtype_code, int32_t K, int32_t N, bool has_bias, int32_t rot,
-                                int32_t head_dim, bool has_freqs, float log2_base, float rope_scale, float eps,
-                                int32_t qn, int32_t KD, bool has_down_bias) {
-  const mx::Dtype dt = dtype_of(dtype_code);
-  const mx::Stream s = mx::default_stream(mx::default_device());
-  if (!ready(dt, s)) return rust::String("not available on this device");
-  if (!gemv_wanted()) return rust::String("turned off by CIDER_GPU_GEMV=0");
-  if (!down_qkv_wanted()) return rust::String("turned off by CIDER_GPU_DOWN_QKV=0");
-  if (std::string why = gemv_shape_error(KD, K); !why.empty())
-    return rust::String("shapes the gemv kernel does not take: " + why);
-  const Cfg c = make_cfg(dt, K, N, 1, qn, true, has_bias, Rope{rot, head_dim, nullptr, log2_base, rope_scale},
-                         has_freqs, eps);
-  if (std::string why = shape_error(K, N, 1, rot, head_dim, qn); !why.empty() || qn <= 0)
-    return rust::String("shapes the kernel does not take: " + why + " (" + c.key() + ")");
-  return rust::String(down_qkv_checked(c, KD, has_down_bias, s));
-}
-
-std::unique_ptr<ArrayList> gpu_down_qkv(const Array& act, const Array& wd, const Array& bd, bool has_bd,
-                                        const Array& h, const Array& g, float eps, const Array& w, const Array& bias,
-                                        bool has_bias, int32_t rot, int32_t head_dim, const Array& pos,
-                                        const Array& freqs, bool has_freqs, float log2_base, float rope_scale,
-                                        const Array& cache, int32_t qn, const Array& prev, int32_t pos_value,
-                                        const Array& next, bool has_next) {
-  const mx::Stream s = mx::default_stream(mx::default_device());
-  const Rope rope = checked_norm_args("fused down + q/k/v kernel", h, h, false, g, eps, w, bias, has_bias, 1, rot,
-                                      head_dim, pos, freqs, has_freqs, log2_base, rope_scale, cache, true, qn,
-                                      pos_value, true, s);
-  const mx::Dtype dt = h.a.dtype();
-  const int K = h.a.size();
-  auto bad = [&](const std::string& why) {
-    throw std::invalid_argument("fused down + q/k/v kernel: " + why + " (act " + shape_str(act.a) + ", down w " +
-                                shape_str(wd.a) + ")");
-  };
-  if (act.a.dtype() != dt || act.a.ndim() != 2 || act.a.shape(0) != 1) bad("act must be one row [1, KD] of h's dtype");
-  const int KD = act.a.shape(1);
-  if (wd.a.ndim() != 2 || wd.a.shape(0) != K || wd.a.shape(1) != KD || wd.a.dtype() != dt ||
-      !wd.a.flags().row_contiguous)
-    bad("down w must be a row-contiguous [K, KD] of h's dtype");
-  if (std::string why = gemv_shape_error(KD, K); !why.empty()) bad(why);
-  if (has_bd && (bd.a.size() != size_t(K) || bd.a.dtype() != dt)) bad("down bias must have K elements");
-  const Cfg c = make_cfg(dt, K, w.a.shape(0), 1, qn, true, has_bias, rope, has_freqs, eps);
-  if (const std::string& why = down_qkv_checked(c, KD, has_bd, s); !why.empty())
-    bad("failed its check against the separate kernels: " + why);
-  const mx::array* nx = has_next ? &next.a : nullptr;
-  auto out = launch_down_qkv(act.a, wd.a, has_bd ? &bd.a : nullptr, h.a, g.a, eps, w.a, has_bias ? &bias.a : nullptr,
-                             rope, pos.a, cache.a, qn, prev.a, s, nx, prefetch_lines(Next::O, nx));
-  auto l = std::make_unique<ArrayList>();
-  l->v = {out[0], out[1]};
   return l;
 }
 
@@ -1227,7 +1062,6 @@ std::string gpu_decode_status() {
     for (const auto& [k, why] : greedy_checks) count(k.first, why);
     for (const auto& [k, why] : attn_checks) count(std::get<0>(k), why);
     for (const auto& [k, why] : gemv_checks) count(std::get<0>(k), why);
-    for (const auto& [k, why] : down_qkv_checks) count(int(std::get<0>(k).dt.val()), why);
     if (ok == 0 && bad.empty()) continue;
     // A failed check turns off only its own kernel (the model's fused path,
     // or greedy sampling), so both counts are told.

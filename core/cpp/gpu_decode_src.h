@@ -81,25 +81,24 @@ __device__ __forceinline__ float warp_sum(float v) {
 // from k. With S > 1 warps a pair, the pair's first warp adds the S partial
 // sums, always in one order, and the others return false (every warp of
 // the block must call this: it has a barrier).
-// Lines [0, lines) of the 128-byte lines from p, spread over the warps of
-// blocks 0..nblk-1 (line l to warp l mod warps): warp `warp` of block blk
-// asks L2 for its lines. The
+// Lines [0, lines) of the 128-byte lines from p, spread over the grid's
+// warps (line l to warp l mod warps): this warp asks L2 for its lines. The
 // next kernel's weights, asked for by each warp of this one once its own
 // loads are in: between two kernels DRAM idles (the last blocks' tail, the
 // launch, the next kernel's first loads; 2-4 us a kernel, bench/RESULTS.md),
 // and these requests fill it, so the next kernel reads its first bytes from
 // L2. Prefetches hold no registers and nothing waits for them.
-__device__ __forceinline__ void l2_share(const void* p, int lines, int blk, int nblk, int warp, int lane) {
+__device__ __forceinline__ void l2_share(const void* p, int lines, int warp, int lane) {
   if (lines <= 0) return;
-  const int nw = nblk * 8;
-  for (int l = blk * 8 + warp + lane * nw; l < lines; l += 32 * nw)
+  const int nw = int(gridDim.x) * int(blockDim.x >> 5);
+  for (int l = int(blockIdx.x) * int(blockDim.x >> 5) + warp + lane * nw; l < lines; l += 32 * nw)
     asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(p) + size_t(l) * 128));
 }
 
 template <typename T, int K, int S, int CW, int CB, typename X>
 __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T* w0, const T* w1, int c0, int lane,
                                          int warp, int part, bool live, X xin, float (*part_sum)[2], float& acc0,
-                                         float& acc1, const void* nxt, int nxt_lines, int pf_blk, int pf_nblk) {
+                                         float& acc1, const void* nxt = nullptr, int nxt_lines = 0) {
   acc0 = 0.f;
   acc1 = 0.f;
 #pragma unroll
@@ -122,7 +121,7 @@ __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T
     }
     __syncthreads();
     if (part != 0) {
-      l2_share(nxt, nxt_lines, pf_blk, pf_nblk, warp, lane);
+      l2_share(nxt, nxt_lines, warp, lane);
       return false;
     }
     acc0 = 0.f;
@@ -133,7 +132,7 @@ __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T
       acc1 += part_sum[warp + i][1];
     }
   }
-  l2_share(nxt, nxt_lines, pf_blk, pf_nblk, warp, lane);
+  l2_share(nxt, nxt_lines, warp, lane);
   return true;
 }
 // A warp's share of the adjacent rows r0 = 2i, r0 + 1 of w [N, K] (S warps
@@ -148,11 +147,9 @@ struct RowPair {
   const T* w0;
   const T* w1;
   uint4 a[CB], b[CB];
-  // blk: the block index whose rows these are (a unit's, where units are
-  // claimed: down_qkv).
-  __device__ __forceinline__ RowPair(const T* w, int blk) {
+  __device__ __forceinline__ explicit RowPair(const T* w) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int pair = blk * (8 / S) + warp / S;
+    const int pair = blockIdx.x * (8 / S) + warp / S;
     part = warp % S;
     c0 = part * CW;
     live = pair < N / 2;
@@ -193,7 +190,7 @@ template <typename T, int K, int N, int S, bool ADD, bool BIAS, int MODE, int D,
           int EPS, int SCALE, int LOG2B, int IF, int PFL>
 __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, const T* w, const T* bias,
                                           const int* pos, const float* freqs, T* cache, int cap, T* hout, T* y,
-                                          const T* nxt, int grid_blocks) {
+                                          const T* nxt) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;    // 256-wide chunks of a row: 8 elements per lane
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
@@ -231,8 +228,7 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
     const int i = tid + j * TH;
     if (i < V8) {
       hv[j] = reinterpret_cast<const uint4*>(h)[i];
-      // (Through L2: down_qkv's other blocks wrote dl in this kernel.)
-      if (ADD) dv[j] = __ldcg(reinterpret_cast<const uint4*>(dl) + i);
+      if (ADD) dv[j] = reinterpret_cast<const uint4*>(dl)[i];
       gv[j] = reinterpret_cast<const uint4*>(g)[i];
     }
   }
@@ -249,7 +245,7 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
     constexpr int LPR = (D * int(sizeof(T)) + 127) / 128;          // 128-byte lines a position
     constexpr int KVPF = 2048;
     const int n = pos[0] <= KVPF ? pos[0] : 0, lines = HR * n * LPR;  // positions before this one
-    const int nt = grid_blocks * TH;
+    const int nt = int(gridDim.x) * TH;
     for (int i = int(blockIdx.x) * TH + tid; i < lines; i += nt) {
       const int r = i / LPR, hd = r / n, p = r % n;
       asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(cache + (size_t(hd) * cap + p) * D) +
@@ -304,7 +300,7 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
     x1 = *reinterpret_cast<const float4*>(xs + k + 4);
   };
   if (!pair_dot<T, K, S, CW, CB>(a, b, w0, w1, c0, lane, warp, part, live, from_shared, part_sum, acc0, acc1, nxt,
-                                 PFL, blockIdx.x, grid_blocks))
+                                 PFL))
     return;
   auto store = [&](int r, T val) {
     if (QN == 0 || r < QN) {
@@ -362,7 +358,7 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
   __shared__ __align__(16) T xs[K];
   __shared__ float part_sum[WARPS][2];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  RowPair<T, K, N, S, CW, CB> rp(w, blockIdx.x);
+  RowPair<T, K, N, S, CW, CB> rp(w);
   // (x is a kernel's fresh output in decode steps, so 16-byte aligned; a
   // view that is not is read element by element.)
   if ((reinterpret_cast<size_t>(x) & 15) == 0) {
@@ -376,7 +372,7 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
     widen8<T>(*reinterpret_cast<const uint4*>(xs + k), x0, x1);
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_shared, part_sum,
-                                acc0, acc1, nxt, PFL, blockIdx.x, gridDim.x))
+                                acc0, acc1, nxt, PFL))
     rp.store<BIAS>(acc0, acc1, bias, y);
 }
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
@@ -787,7 +783,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   unsigned* claim = head_done + MAXH; // [MAXH * MS]: units (head, slice)
   float* parts = reinterpret_cast<float*>(claim + MAXH * MS);  // [MAXH * MS][D + 2]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  RowPair<T, K, N, S, CW, CB> rp(w, blockIdx.x);
+  RowPair<T, K, N, S, CW, CB> rp(w);
 
   const int n = min(pos[0] + 1, min(TMAX, cap));
   const int slices = max(1, min(MS, n / PER)), per = (n + slices - 1) / slices;
@@ -841,80 +837,8 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
     widen8<T>(*reinterpret_cast<const uint4*>(atts + k), x0, x1);
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_att, part_sum, acc0,
-                                acc1, nxt, PFL, blockIdx.x, gridDim.x))
+                                acc1, nxt, PFL))
     rp.store<BIAS>(acc0, acc1, bias, y);
-}
-
-// One layer's MLP down projection and the next layer's q/k/v kernel in one
-// kernel (two graph nodes were two launches, two ramps and two nodes of
-// MLX host time). delta [K] = wd [K, KD] . act [KD] (+ bd) is computed in
-// units of a block's row pairs (gemv's layout: SD warps a pair) that blocks
-// take from a queue (a ticket counter) until it is empty, counting each
-// done; blocks 0..QB-1 then wait until all are counted and run norm_gemv's
-// KV variant with dl = delta: h + delta, RMSNorm, q/k/v, RoPE, keys and
-// values into the cache. A unit is taken only by a block that runs, so no
-// block waits on one that has not started, however many blocks the GPU
-// holds at once. Same sums in the same order as gemv then norm_gemv (the
-// shim checks the outputs are identical). scratch: count, exits, ticket
-// (zero before the call; the last block out zeroes them again).
-template <typename T, int K, int N, int S, bool BIAS, int D, int ROT, int QN, bool FREQS, int EPS, int SCALE,
-          int LOG2B, int IF, int PFL, int KD, int SD, bool BIASD, int IFD, int PFLD, int QB>
-__device__ __forceinline__ void down_qkv(const T* act, const T* wd, const T* bd, const T* h, const T* g, const T* w,
-                                         const T* bias, const int* pos, const float* freqs, T* cache, int cap,
-                                         const unsigned* scratch_in, T* hout, T* q, T* delta, const T* nxt) {
-  constexpr int WARPS = 8, TH = 32 * WARPS;
-  constexpr int CD = (KD + 255) / 256, CWD = (CD + SD - 1) / SD, CBD = CWD < IFD ? CWD : IFD;
-  constexpr int UNITS = (K / 2 + WARPS / SD - 1) / (WARPS / SD);
-  static_assert(KD % 8 == 0 && K % 2 == 0, "down_qkv shapes");
-  __shared__ __align__(16) T xs[KD];
-  __shared__ float part_sum[WARPS][2];
-  __shared__ int s_u;
-  unsigned* scratch = const_cast<unsigned*>(scratch_in);
-  unsigned *count = scratch, *exits = scratch + 1, *ticket = scratch + 2;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, b = blockIdx.x;
-  bool staged = false;  // act in xs (block-uniform)
-#pragma unroll 1
-  for (;;) {
-    if (tid == 0) s_u = int(atomicAdd(ticket, 1u));
-    __syncthreads();
-    const int u = s_u;
-    if (u >= UNITS) break;
-    RowPair<T, KD, K, SD, CWD, CBD> rp(wd, u);  // its first weights in flight while act is staged
-    if (!staged) {
-      if ((reinterpret_cast<size_t>(act) & 15) == 0) {
-        for (int i = tid; i < KD / 8; i += TH) reinterpret_cast<uint4*>(xs)[i] = reinterpret_cast<const uint4*>(act)[i];
-      } else {
-        for (int i = tid; i < KD; i += TH) xs[i] = act[i];
-      }
-      __syncthreads();
-      staged = true;
-    }
-    float acc0, acc1;
-    auto from_shared = [&](int k, float4& x0, float4& x1) {
-      widen8<T>(*reinterpret_cast<const uint4*>(xs + k), x0, x1);
-    };
-    // (q/k/v's weights asked of L2 by unit, whichever block runs it.)
-    if (pair_dot<T, KD, SD, CWD, CBD>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_shared,
-                                      part_sum, acc0, acc1, w, PFLD, u, UNITS))
-      rp.store<BIASD>(acc0, acc1, bd, delta);
-    // Counted as cooperative groups' grid sync publishes a block's writes:
-    // a barrier, then one thread's fence and add (the barrier also keeps
-    // s_u until every thread has read it).
-    __syncthreads();
-    if (tid == 0) {
-      __threadfence();
-      atomicAdd(count, 1u);
-    }
-  }
-  if (b < QB) {
-    if (tid == 0)
-      while (ld_acquire(count) < unsigned(UNITS)) __nanosleep(64);
-    __syncthreads();
-  }
-  exit_reset(scratch, exits, 3, b >= QB);
-  if (b >= QB) return;
-  norm_gemv<T, K, N, S, true, BIAS, 1, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF, PFL>(h, delta, g, w, bias, pos, freqs,
-                                                                                    cache, cap, hout, q, nxt, QB);
 }
 
 }  // namespace cider_dec
@@ -927,15 +851,11 @@ __device__ __forceinline__ void down_qkv(const T* act, const T* wd, const T* bd,
 inline constexpr const char* kCiderNormCall =
     "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, 0, FREQS, EPS, SCALE, LOG2B, IF, PFL>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
-    "static_cast<T*>(nullptr), 0, hout, y, nxt, int(gridDim.x));";
+    "static_cast<T*>(nullptr), 0, hout, y, nxt);";
 inline constexpr const char* kCiderNormKvCall =
     "cider_dec::norm_gemv<T, K, N, S, ADD, BIAS, MODE, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF, PFL>"
     "(h, dl, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
-    "const_cast<T*>(cache), cache_shape[2], hout, q, nxt, int(gridDim.x));";
-inline constexpr const char* kCiderDownQkvCall =
-    "cider_dec::down_qkv<T, K, N, S, BIAS, D, ROT, QN, FREQS, EPS, SCALE, LOG2B, IF, PFL, KD, SD, BIASD, IFD, PFLD, QB>"
-    "(act, wd, bd, h, g, w, bias, reinterpret_cast<const int*>(pos), reinterpret_cast<const float*>(freqs), "
-    "const_cast<T*>(cache), cache_shape[2], scratch, hout, q, delta, nxt);";
+    "const_cast<T*>(cache), cache_shape[2], hout, q, nxt);";
 inline constexpr const char* kCiderGemvCall = "cider_dec::gemv<T, K, N, S, BIAS, IF, PFL>(x, w, bias, y, nxt);";
 inline constexpr const char* kCiderGreedyCall = "cider_dec::greedy<T, V, NB>(x, scratch, y);";
 inline constexpr const char* kCiderAttnOCall =

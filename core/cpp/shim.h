@@ -194,20 +194,6 @@ std::unique_ptr<Array> gpu_attn_o(const Array& q, const Array& cache, const Arra
 rust::String gpu_gemv_check(uint8_t dtype, int32_t K, int32_t N, bool has_bias);
 std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bias, bool has_bias, const Array& next,
                                 bool has_next);
-// One layer's down projection (act [1, KD] . wd [K, KD]^T + bd) and the next
-// layer's gpu_norm_gemv KV variant with that as dl, in one kernel: returns
-// {h + delta, q}. gpu_down_qkv_check (by gpu_decode_check's arguments for
-// the KV variant, KD, down bias) first: "" when the kernel matches the two
-// separate kernels exactly.
-rust::String gpu_down_qkv_check(uint8_t dtype, int32_t K, int32_t N, bool has_bias, int32_t rot, int32_t head_dim,
-                                bool has_freqs, float log2_base, float rope_scale, float eps, int32_t qn, int32_t KD,
-                                bool has_down_bias);
-std::unique_ptr<ArrayList> gpu_down_qkv(const Array& act, const Array& wd, const Array& bd, bool has_bd,
-                                        const Array& h, const Array& g, float eps, const Array& w, const Array& bias,
-                                        bool has_bias, int32_t rot, int32_t head_dim, const Array& pos,
-                                        const Array& freqs, bool has_freqs, float log2_base, float rope_scale,
-                                        const Array& cache, int32_t qn, const Array& prev, int32_t pos_value,
-                                        const Array& next, bool has_next);
 // `next` (gpu_norm_gemv, gpu_attn_o, gpu_gemv, where has_next): the
 // weights of the kernel that runs next, of which each kernel asks L2 for up
 // to CIDER_GPU_PF megabytes once its own loads are in (gpu_decode.cc).

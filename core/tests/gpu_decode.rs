@@ -102,16 +102,11 @@ fn gpu_decode_kernel_agrees_with_mlx() {
         // Per layer the q/k/v and gate/up kernels, the down projection's
         // (unless CIDER_GPU_GEMV=0), and the attention + o projection kernel
         // where heads x head_dim is a multiple of 256 (hidden 384: MLX's
-        // attention and matmul instead) unless CIDER_GPU_ATTN=0; a layer's
-        // down projection and the next layer's q/k/v are one kernel (after
-        // their check against the two separate kernels) unless
-        // CIDER_GPU_DOWN_QKV=0.
+        // attention and matmul instead) unless CIDER_GPU_ATTN=0.
         let kernels = census.iter().filter(|p| *p == "CustomKernel").count();
         let enabled = |var: &str| std::env::var(var).as_deref() != Ok("0");
         let per_layer = 2 + usize::from(enabled("CIDER_GPU_GEMV")) + usize::from(hidden % 256 == 0 && enabled("CIDER_GPU_ATTN"));
-        let layers = m.net.config.num_layers;
-        let joined = if enabled("CIDER_GPU_GEMV") && enabled("CIDER_GPU_DOWN_QKV") { layers - 1 } else { 0 };
-        assert_eq!(kernels, per_layer * layers - joined, "{kind}: custom kernels in the decode step: {census:?}");
+        assert_eq!(kernels, per_layer * m.net.config.num_layers, "{kind}: custom kernels in the decode step: {census:?}");
         mlx::set_gpu_kernels(false);
         let (theirs, census) = decode(&m);
         mlx::set_gpu_kernels(true);

@@ -59,14 +59,6 @@ pub(crate) mod ffi {
                       scale: f32, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn gpu_gemv_check(dtype: u8, k: i32, n: i32, has_bias: bool) -> Result<String>;
         fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
-        #[allow(clippy::too_many_arguments)]
-        fn gpu_down_qkv_check(dtype: u8, k: i32, n: i32, has_bias: bool, rot: i32, head_dim: i32, has_freqs: bool,
-                              log2_base: f32, rope_scale: f32, eps: f32, qn: i32, kd: i32, has_down_bias: bool) -> Result<String>;
-        #[allow(clippy::too_many_arguments)]
-        fn gpu_down_qkv(act: &Array, wd: &Array, bd: &Array, has_bd: bool, h: &Array, g: &Array, eps: f32, w: &Array,
-                        bias: &Array, has_bias: bool, rot: i32, head_dim: i32, pos: &Array, freqs: &Array,
-                        has_freqs: bool, log2_base: f32, rope_scale: f32, cache: &Array, qn: i32, prev: &Array,
-                        pos_value: i32, next: &Array, has_next: bool) -> Result<UniquePtr<ArrayList>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;
 

@@ -63,13 +63,10 @@ pub struct Transformer {
     /// Whether cider's gemv runs the MLP's down projection in fused steps
     /// (see `down_checked`).
     down_ok: std::sync::OnceLock<bool>,
-    /// Whether one kernel runs each layer's down projection with the next
-    /// layer's q/k/v (see `down_qkv_checked`).
-    down_qkv_ok: std::sync::OnceLock<bool>,
 }
 
 // SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`,
-// `attn_ok`, `down_ok` and `down_qkv_ok`, OnceLocks, themselves Sync); its arrays are
+// `attn_ok` and `down_ok`, OnceLocks, themselves Sync); its arrays are
 // evaluated, immutable MLX buffers whose handles are only cloned (an atomic
 // refcount) when building graphs. Graph evaluation itself is serialised by
 // `generate::mlx_lock`, so sharing the model between threads is sound.
@@ -301,7 +298,6 @@ impl Transformer {
             fused_ok: std::sync::OnceLock::new(),
             attn_ok: std::sync::OnceLock::new(),
             down_ok: std::sync::OnceLock::new(),
-            down_qkv_ok: std::sync::OnceLock::new(),
         })
     }
 
@@ -439,11 +435,7 @@ impl Transformer {
         // takes this many positions.
         let attn_o = caches_offset < crate::mlx::gpu_attn_o_max_positions() && self.attn_checked();
         let down_gemv = self.down_checked();
-        let down_qkv = down_gemv && self.down_qkv_checked();
         let mut delta: Option<Array> = None;
-        // The last layer's down projection, where the next layer's q/k/v
-        // kernel computes it (`down_qkv`).
-        let mut pending: Option<(Array, &Array, Option<&Array>)> = None;
         // Each kernel names the weights the next one reads, which it asks L2
         // for once its own are in (`gpu_gemv` says why).
         fn dense(l: &Linear) -> Option<&Array> {
@@ -478,13 +470,8 @@ impl Transformer {
                 Some(slot) => {
                     let (buf, p) = (&slot.buf, slot.pos);
                     debug_assert_eq!(p, caches_offset);
-                    let (h1, q) = match pending.take() {
-                        Some((act, wd, bd)) => crate::mlx::gpu_down_qkv((&act, wd, bd), &h, &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, (buf, hq * d, &slot.after), dense(&a.o_proj))?,
-                        None => {
-                            let kv = Some((buf, hq * d, &slot.after));
-                            crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, kv, dense(&a.o_proj))?
-                        }
-                    };
+                    let kv = Some((buf, hq * d, &slot.after));
+                    let (h1, q) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, kv, dense(&a.o_proj))?;
                     if attn_o {
                         // Attention and o projection in one kernel that
                         // reads the buffer in place, after this step's write
@@ -500,9 +487,6 @@ impl Transformer {
                     }
                 }
                 None => {
-                    if let Some((act, wd, bd)) = pending.take() {
-                        delta = Some(crate::mlx::gpu_gemv(&act, wd, bd, None)?);
-                    }
                     let (h1, qkv) = crate::mlx::gpu_norm_gemv(&h, delta.as_ref(), &n.weight, n.eps, wqkv, bqkv.as_ref(), &rope, None, None)?;
                     let (k, v) = cache.update_and_fetch(&qkv.slice_axis(1, hq, hq + hk)?, &qkv.slice_axis(1, hq + hk, hq + 2 * hk)?)?;
                     (h1, attend(&qkv.slice_axis(1, 0, hq)?, &k, &v, cache)?)
@@ -510,19 +494,11 @@ impl Transformer {
             };
             let n = &layer.post_norm;
             let (h2, act) = crate::mlx::gpu_norm_gemv(&h1, Some(&r), &n.weight, n.eps, wgu, bgu.as_ref(), &DecodeEpilogue::Swiglu, None, dense(down))?;
-            delta = match down {
-                // (Run by the next layer's q/k/v kernel, where there is one.)
-                Linear::Dense { weight, bias, .. } if down_qkv && next_qkv.is_some() => {
-                    pending = Some((act, weight, bias.as_ref()));
-                    None
-                }
-                Linear::Dense { weight, bias, .. } if down_gemv => Some(crate::mlx::gpu_gemv(&act, weight, bias.as_ref(), next_qkv)?),
-                _ => Some(down.forward(&act)?),
-            };
+            delta = Some(match down {
+                Linear::Dense { weight, bias, .. } if down_gemv => crate::mlx::gpu_gemv(&act, weight, bias.as_ref(), next_qkv)?,
+                _ => down.forward(&act)?,
+            });
             h = h2;
-        }
-        if let Some((act, wd, bd)) = pending {
-            delta = Some(crate::mlx::gpu_gemv(&act, wd, bd, None)?);
         }
         match delta {
             Some(r) => h.add(&r),
@@ -589,26 +565,6 @@ impl Transformer {
     /// fused steps: every layer's down projection dense, unsplit, of one
     /// shape, in the activations' dtype, all with a bias or none, and the
     /// kernel's check against MLX's matmul passed for that shape. Asked once.
-    /// Whether one kernel runs a layer's down projection and the next
-    /// layer's q/k/v in fused steps (CIDER_GPU_DOWN_QKV=0 keeps two): where
-    /// cider's gemv and q/k/v kernels run and the joint kernel matches them.
-    fn down_qkv_checked(&self) -> bool {
-        *self.down_qkv_ok.get_or_init(|| {
-            if !self.down_checked() || !self.fused_checked() {
-                return false;
-            }
-            let Some(dt) = self.fusable else { return false };
-            let Some(layer) = self.layers.first() else { return false };
-            let (Qkv::Fused(Linear::Dense { weight: wqkv, bias: bqkv, .. }), Mlp::Fused { down: Linear::Dense { weight: wd, bias: bd, .. }, .. }) = (&layer.attn.qkv, &layer.mlp)
-            else {
-                return false;
-            };
-            let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
-            let Some((freqs, log2_base, scale)) = self.rope.fused_params(d) else { return false };
-            let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: wqkv, pos_value: 0, freqs, log2_base, scale };
-            crate::mlx::gpu_down_qkv_check(dt, wqkv.dim(1), wqkv.dim(0), bqkv.is_some(), layer.input_norm.eps, &rope, hq * d, wd.dim(1), bd.is_some()).is_ok()
-        })
-    }
     fn down_checked(&self) -> bool {
         *self.down_ok.get_or_init(|| {
             let (Some(dt), Some(first)) = (self.fusable, self.layers.first()) else { return false };
