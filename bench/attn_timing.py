@@ -75,9 +75,9 @@ __device__ __forceinline__ unsigned ld_acquire(''')
   const unsigned exit_old = exit_count(exits, false);
   STAMP(blockIdx.x == 0, 11);
 ''')
-    sub('''                                acc1))
+    sub('''                                acc1, nxt, PFL))
     rp.store<BIAS>(acc0, acc1, bias, y);
-''', '''                                acc1))
+''', '''                                acc1, nxt, PFL))
     rp.store<BIAS>(acc0, acc1, bias, y);
   STAMP(blockIdx.x == 0, 12);
   STAMP(blockIdx.x == 200, 21);

@@ -53,6 +53,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--settings", default="0;8;16;12,8,0,0;0,0,8,8")
     ap.add_argument("--head", action="store_true", help="add the final norm and output head (MLX's ops), as a step has")
+    ap.add_argument("--head-prefetch", action="store_true",
+                    help="the last down kernel asks L2 for the head's first megabytes (cider does not; the "
+                         "thirteenth pass's recorded --head runs did)")
     a = ap.parse_args()
     import mlx.core as mx
 
@@ -112,8 +115,8 @@ def main():
                           template=[("T", dt), ("K", HID), ("N", 2 * FF), ("S", 1), ("ADD", True), ("BIAS", False),
                                     ("MODE", 2), ("D", 2), ("ROT", 0), ("FREQS", False), ("LOG2B", 0)] + common
                           + [("PFL", lines(pf[3], wdown))])
-            if nq is None and a.head:
-                nq = whead
+            if nq is None and a.head and a.head_prefetch:
+                nq = whead  # (cider's last down kernel names no next weights)
             delta = gemv(inputs=[act, wdown, wdown, nq if nq is not None else wdown], output_shapes=[(1, HID)],
                          output_dtypes=[dt], grid=(256 * 512, 1, 1), threadgroup=(256, 1, 1),
                          template=[("T", dt), ("K", FF), ("N", HID), ("S", 4), ("BIAS", False), ("IF", 2),

@@ -79,7 +79,7 @@ def variants():
                    CALLS["kCiderAttnOCall"])
         for K, N, S, bias, IF in ((8192, 2048, 4, False, 2), (8192, 2048, 2, False, 4), (4864, 896, 8, True, 2),
                                   (8200, 2048, 1, False, 2)):
-            yield (f"gemv_{t}_K{K}_S{S}_if{IF}", [("x", T), ("w", T), ("bias", T), ("nxt", T)], [("y", T)],
+            yield (f"gemv_{t}_K{K}_S{S}_if{IF}", [("x", T), ("w", T), ("bias", T), ("nxt", "float" if bias else T)], [("y", T)],
                    [("T", T), ("K", K), ("N", N), ("S", S), ("BIAS", bias), ("IF", IF), ("PFL", 0 if bias else 98304)], CALLS["kCiderGemvCall"])
         for V, NB in ((128256, 62), (1003, 1), (40003, 19)):
             yield (f"greedy_{t}_V{V}", [("x", T), ("scratch", "uint32_t"), ("prev", "uint32_t")], [("y", "uint32_t")],

@@ -235,35 +235,60 @@ constexpr int IN_FLIGHT = 4;
 enum class Next { Qkv, O, GateUp, Down };
 
 // The most megabytes asked for: CIDER_GPU_PF, one number for all four or
-// four in Next's order (0: none). What the default is, and why, is in
-// bench/RESULTS.md (thirteenth pass).
-double prefetch_mb(Next which) {
-  static const std::array<double, 4> mb = [] {
-    std::array<double, 4> v{4, 4, 4, 4};
+// four in Next's order (0: none), each finite and >= 0; anything else
+// leaves the default, and the status says so (prefetch_status). What the
+// default is, and why, is in bench/RESULTS.md (thirteenth pass).
+struct PrefetchSetting {
+  std::array<double, 4> mb{4, 4, 4, 4};
+  std::string rejected;  // the variable's text where it was not understood
+};
+const PrefetchSetting& prefetch_setting() {
+  static const PrefetchSetting v = [] {
+    PrefetchSetting d;
     const char* e = std::getenv("CIDER_GPU_PF");
-    if (!e || !*e) return v;
+    if (!e || !*e) return d;
     std::vector<double> got;
-    for (const char* p = e; *p;) {
+    const std::string text = e;
+    size_t i = 0;
+    while (i <= text.size()) {
+      const size_t j = std::min(text.find(',', i), text.size());
+      const std::string item = text.substr(i, j - i);
       char* end = nullptr;
-      const double x = std::strtod(p, &end);
-      if (end == p || x < 0) return v;  // not numbers: the default
+      const double x = item.empty() ? -1 : std::strtod(item.c_str(), &end);
+      if (item.empty() || *end || !std::isfinite(x) || x < 0) {
+        d.rejected = text;
+        return d;
+      }
       got.push_back(x);
-      p = *end == ',' ? end + 1 : end;
-      if (*end && *end != ',') return v;
+      i = j + 1;
     }
-    if (got.size() == 1) v.fill(got[0]);
-    else if (got.size() == 4) std::copy(got.begin(), got.end(), v.begin());
-    return v;
+    if (got.size() == 1) d.mb.fill(got[0]);
+    else if (got.size() == 4) std::copy(got.begin(), got.end(), d.mb.begin());
+    else d.rejected = text;
+    return d;
   }();
-  return mb[int(which)];
+  return v;
+}
+
+// "L2 prefetch 4/4/4/4 MB" (q/k/v, o, gate/up, down), and what was not
+// understood.
+std::string prefetch_status() {
+  const auto& p = prefetch_setting();
+  char b[128];
+  std::snprintf(b, sizeof b, "L2 prefetch %g/%g/%g/%g MB", p.mb[0], p.mb[1], p.mb[2], p.mb[3]);
+  std::string r = b;
+  if (!p.rejected.empty())
+    r += " (CIDER_GPU_PF=" + p.rejected + " not understood: one or four megabyte counts; default kept)";
+  return r;
 }
 
 // 128-byte lines of `next` to ask for (the kernel's PFL): none where there
-// is no next array or MLX would copy it (a view that is not row-contiguous:
-// the copy, not the weights, would be read), else up to prefetch_mb.
+// is no next array, it is not evaluated, or MLX would copy it (a view that
+// is not row-contiguous: the copy, not the weights, would be read), else up
+// to the setting's megabytes.
 int prefetch_lines(Next which, const mx::array* next) {
-  if (!next || !next->flags().row_contiguous) return 0;
-  const double cap = prefetch_mb(which) * double(1 << 20);
+  if (!next || !next->is_available() || !next->flags().row_contiguous) return 0;
+  const double cap = prefetch_setting().mb[int(which)] * double(1 << 20);
   return int(std::min(double(next->nbytes()), cap) / 128);
 }
 
@@ -290,6 +315,11 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
       {"MODE", mode}, {"D", rope.head_dim}, {"ROT", rope.rot}, {"FREQS", rope.freqs != nullptr},
       {"EPS", float_bits(eps)}, {"SCALE", float_bits(rope.scale)}, {"LOG2B", float_bits(rope.log2_base)},
       {"IF", IN_FLIGHT}, {"PFL", next ? pf : 0}};
+  // (MLX counts every bound input's bytes toward its limit per CUDA graph,
+  // 1000 MB on an H100, so binding the next weights, or w again where there
+  // is nothing to ask for, also makes it commit graphs more often: by those
+  // bytes, every 3-4 Llama-3.2-1B layers against every 6. The gain measured
+  // in bench/RESULTS.md, thirteenth pass, is of the two together.)
   const mx::array& nxt = next && pf > 0 ? *next : w;
   const mx::array& freqs = rope.freqs ? *rope.freqs : no_freqs;
   if (cache) {
@@ -1068,6 +1098,7 @@ std::string gpu_decode_status() {
     r += (r.empty() ? "" : ", ") + std::string(dt == mx::bfloat16 ? "bfloat16" : "float16") +
          (ok ? " on (" + std::to_string(ok) + " kernels checked)" : "") + (bad.empty() ? "" : " off: " + bad);
   }
+  if (!r.empty()) r += ", " + prefetch_status();
   return r;
 }
 

@@ -73,18 +73,10 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
-// A row pair's dot products with an input row, given the warp's first CB
-// chunks of both rows in flight in a and b: each chunk's registers are
-// refilled with the chunk CB ahead as soon as they are used (the loop is
-// unrolled, so a[i % CB] is a register), which keeps CB loads in flight
-// until the warp's last chunk. xin(k, x0, x1) gives the input's 8 values
-// from k. With S > 1 warps a pair, the pair's first warp adds the S partial
-// sums, always in one order, and the others return false (every warp of
-// the block must call this: it has a barrier).
 // Lines [0, lines) of the 128-byte lines from p, spread over the grid's
-// warps (line l to warp l mod warps): this warp asks L2 for its lines. The
-// next kernel's weights, asked for by each warp of this one once its own
-// loads are in: between two kernels DRAM idles (the last blocks' tail, the
+// warps (line l to warp l mod warps): this warp asks L2 for its lines. Used
+// for the next kernel's weights (any dtype: only bytes are asked for),
+// asked for by each warp of this one once its own loads are in: between two kernels DRAM idles (the last blocks' tail, the
 // launch, the next kernel's first loads; 2-4 us a kernel, bench/RESULTS.md),
 // and these requests fill it, so the next kernel reads its first bytes from
 // L2. Prefetches hold no registers and nothing waits for them.
@@ -95,6 +87,14 @@ __device__ __forceinline__ void l2_share(const void* p, int lines, int warp, int
     asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(p) + size_t(l) * 128));
 }
 
+// A row pair's dot products with an input row, given the warp's first CB
+// chunks of both rows in flight in a and b: each chunk's registers are
+// refilled with the chunk CB ahead as soon as they are used (the loop is
+// unrolled, so a[i % CB] is a register), which keeps CB loads in flight
+// until the warp's last chunk. xin(k, x0, x1) gives the input's 8 values
+// from k. With S > 1 warps a pair, the pair's first warp adds the S partial
+// sums, always in one order, and the others return false (every warp of
+// the block must call this: it has a barrier).
 template <typename T, int K, int S, int CW, int CB, typename X>
 __device__ __forceinline__ bool pair_dot(uint4 (&a)[CB], uint4 (&b)[CB], const T* w0, const T* w1, int c0, int lane,
                                          int warp, int part, bool live, X xin, float (*part_sum)[2], float& acc0,
@@ -190,7 +190,7 @@ template <typename T, int K, int N, int S, bool ADD, bool BIAS, int MODE, int D,
           int EPS, int SCALE, int LOG2B, int IF, int PFL>
 __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, const T* w, const T* bias,
                                           const int* pos, const float* freqs, T* cache, int cap, T* hout, T* y,
-                                          const T* nxt) {
+                                          const void* nxt) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;    // 256-wide chunks of a row: 8 elements per lane
   constexpr int CW = (C + S - 1) / S;   // chunks per warp
@@ -349,7 +349,7 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
 // Row pairs (2i, 2i + 1) by warps as in norm_gemv; x goes to shared memory
 // once per block, behind the first weight loads.
 template <typename T, int K, int N, int S, bool BIAS, int IF, int PFL>
-__device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y, const T* nxt) {
+__device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y, const void* nxt) {
   constexpr int WARPS = 8, TH = 32 * WARPS;
   constexpr int C = (K + 255) / 256;
   constexpr int CW = (C + S - 1) / S;
@@ -754,7 +754,7 @@ __device__ __forceinline__ void head_attention(int hd, const T* q, const T* cach
 template <typename T, int K, int N, int S, bool BIAS, int D, int HQ, int HK, int TMAX, int SCALE_LOG2, int IF,
           int MAXH, int MS, int PFL>
 __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, const int* pos, const T* w,
-                                       const T* bias, const unsigned* scratch_in, T* y, T* att, const T* nxt) {
+                                       const T* bias, const unsigned* scratch_in, T* y, T* att, const void* nxt) {
   constexpr int WARPS = 8;
   constexpr int C = K / 256;            // 256-wide chunks of a row (K % 256 == 0)
   constexpr int CW = (C + S - 1) / S;   // chunks per warp

@@ -271,7 +271,7 @@ pub fn gpu_gemv_check(dtype: Dtype, k: i32, n: i32, has_bias: bool) -> Result<()
 /// cider's gemv (the MLP's down projection in decode steps). `next`: the
 /// weights the kernel after this one reads, of which this one asks L2 for
 /// the first few megabytes once its own loads are in (CIDER_GPU_PF;
-/// core/cpp/gpu_decode.cc says why). Check `gpu_gemv_check` first;
+/// `l2_share` in core/cpp/gpu_decode_src.h says why). Check `gpu_gemv_check` first;
 /// arguments that do not fit are an error.
 pub fn gpu_gemv(x: &Array, w: &Array, bias: Option<&Array>, next: Option<&Array>) -> Result<Array> {
     wrap(ffi::gpu_gemv(&x.inner, &w.inner, &bias.unwrap_or(w).inner, bias.is_some(), &next.unwrap_or(w).inner, next.is_some()))

@@ -437,7 +437,10 @@ impl Transformer {
         let down_gemv = self.down_checked();
         let mut delta: Option<Array> = None;
         // Each kernel names the weights the next one reads, which it asks L2
-        // for once its own are in (`gpu_gemv` says why).
+        // for once its own are in (`l2_share` in core/cpp/gpu_decode_src.h
+        // says why). The last layer's down projection names none: binding
+        // the head's weights there would add 0.5 GB (a 1B model's) to MLX's
+        // byte count per graph (gpu_decode.cc), a change not measured.
         fn dense(l: &Linear) -> Option<&Array> {
             match l {
                 Linear::Dense { weight, .. } => Some(weight),
