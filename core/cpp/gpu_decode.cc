@@ -17,7 +17,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -40,12 +39,6 @@ namespace {
 constexpr int WARPS = 8;
 // The normalised row lives in static shared memory (4 bytes an element).
 constexpr int MAX_K = 8192;
-
-int float_bits(float f) {
-  int i;
-  std::memcpy(&i, &f, sizeof i);
-  return i;
-}
 
 // MLX copies and hashes a custom kernel's whole source on every call (host
 // time per decode step, the cost this kernel is for), so comments and

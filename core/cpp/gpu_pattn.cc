@@ -5,7 +5,6 @@
 // case, or a failed check, leaves MLX's op in place. CIDER_GPU_KERNELS=0
 // turns it off, with the prompt matmul (gpu_qmm.cc); CIDER_GPU_PATTN=0 alone.
 #include <cmath>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -33,12 +32,6 @@ const mx::fast::CustomKernelFunction& kernel() {
       "cider_pattn", {"q", "k", "v", "freqs"}, {"o"}, kCiderPattnBody, kCiderPattnHeader,
       /*ensure_row_contiguous=*/false, /*shared_memory=*/0);
   return k;
-}
-
-int float_bits(float f) {
-  int i;
-  std::memcpy(&i, &f, sizeof i);
-  return i;
 }
 
 // The kernel's RoPE mode: 0 none (q rotated already), 1 base, 2 freqs.

@@ -2,6 +2,7 @@
 // adapts one MLX call to types cxx can carry (slices, u8 dtype codes, bools
 // instead of std::optional). Exceptions propagate to Rust as cxx::Exception.
 #pragma once
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -110,6 +111,13 @@ ArrPtr gpu_prefill_attention(const Array& q, const Array& k, const Array& v, flo
                              const Array& freqs, float log2_base, float rope_scale);
 // false: MLX's op from now on (until true again), for comparisons.
 void gpu_kernels_enable(bool on);
+// A float's bits as an int: how the GPU kernels take float template
+// arguments (MLX's template arguments are ints, bools and dtypes).
+inline int float_bits(float f) {
+  int i;
+  std::memcpy(&i, &f, sizeof i);
+  return i;
+}
 // For the GPU kernels' checks against MLX's ops, whose sums run in another
 // order: "" when every element of `got` is within frac of `want`'s largest
 // magnitude (compared as float32), else "max |diff| E of T".
