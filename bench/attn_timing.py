@@ -5,15 +5,13 @@ flushed and warm, and prints each phase's median time from block 0's entry.
 
     python bench/attn_timing.py [SOURCE]    # default core/cpp/gpu_decode_src.h
 """
-import os
-import re
-import struct
 import sys
 
 import numpy as np
 import mlx.core as mx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+import dec_src
+from dec_src import fbits, parse, text
 
 
 def instrument(text):
@@ -85,10 +83,8 @@ __device__ __forceinline__ unsigned ld_acquire(''')
     return s
 
 
-SRC = instrument(open(sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read())
-(HEADER,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
-CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
-fb = lambda f: struct.unpack("<i", struct.pack("<f", f))[0]
+HEADER, CALLS = parse(instrument(text(sys.argv[1] if len(sys.argv) > 1 else dec_src.DEFAULT)))
+fb = fbits
 dt = mx.bfloat16
 HQ, HK, D, N = 32, 8, 64, 2048
 K = HQ * D

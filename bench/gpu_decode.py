@@ -25,26 +25,18 @@ test); ATTN_S=2 (a comma list) limits the attention kernel's splits.
 import argparse
 import json
 import os
-import re
 import statistics
-import struct
 
+from dec_src import fbits, parse, text
 from ncu_sum import rows
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = open(os.environ.get("CIDER_DEC_SRC") or os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
-(HEADER,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
-CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
+HEADER, CALLS = parse(text())
 LABELS = os.path.join("/tmp", "gpu_decode_labels.json")
 
 # (name, kind, N, K) for Llama-3.2-1B: hidden 2048, 32 + 2 x 8 heads of 64, MLP 8192.
 SHAPES = [("qkv", "rope", 3072, 2048), ("gate_up", "swiglu", 16384, 2048)]
 # (S, chunks in flight per warp)
 SPLITS = [(1, 4), (1, 8), (2, 4), (1, 2)]
-
-
-def fbits(f):
-    return struct.unpack("<i", struct.pack("<f", f))[0]
 
 
 def main():

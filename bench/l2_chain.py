@@ -20,22 +20,15 @@ and spread of ms per chain, and the ratio to the first setting.
 import argparse
 import os
 import sys
-import re
 import statistics
-import struct
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = open(os.environ.get("CIDER_DEC_SRC") or os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
-(HEADER,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
-CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
+from dec_src import fbits, parse, text
+
+HEADER, CALLS = parse(text())
 
 # Llama-3.2-1B
 LAYERS, HID, HQ, HK, D, FF = 16, 2048, 32, 8, 64, 8192
 QKV = (HQ + 2 * HK) * D
-
-
-def fbits(f):
-    return struct.unpack("<i", struct.pack("<f", f))[0]
 
 
 def parse(setting):

@@ -20,10 +20,11 @@ import os
 import re
 import sys
 
+import dec_src
+from dec_src import fbits
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-SRC = open(os.environ.get("CIDER_DEC_SRC") or os.path.join(HERE, "..", "core", "cpp", "gpu_decode_src.h")).read()
-(DEVICE,) = re.findall(r'R"CUDA\((.*?)\)CUDA"', SRC, re.S)
-CALLS = {k: "".join(re.findall(r'"([^"]*)"', v)) for k, v in re.findall(r'(kCider\w+Call) =\s*((?:"[^"]*"\s*)+);', SRC)}
+DEVICE, CALLS = dec_src.parse(dec_src.text())
 
 PRELUDE = """
 #include <cuda_fp16.h>
@@ -50,11 +51,6 @@ def kernel(name, inputs, outputs, targs, call):
              f"constexpr {'bool' if isinstance(v, bool) else 'int'} {k} = {str(v).lower() if isinstance(v, bool) else v};"
              for k, v in targs]
     return f"extern \"C\" __global__ void {name}({', '.join(args)}) {{\n" + "\n".join(lines) + "\n" + call + "\n}\n"
-
-
-def fbits(f):
-    import struct
-    return struct.unpack("<i", struct.pack("<f", f))[0]
 
 
 def variants():
