@@ -63,6 +63,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/gpu_pattn_src.h");
     println!("cargo:rerun-if-changed=cpp/gpu_decode.cc");
     println!("cargo:rerun-if-changed=cpp/gpu_decode_src.h");
+    println!("cargo:rerun-if-changed=cpp/gpu_trace.h");
+    println!("cargo:rerun-if-changed=cpp/gpu_graph.cc");
     println!("cargo:rerun-if-changed=src/mlx/ffi.rs");
     let mlx = match find_mlx() {
         Ok(p) => p,
@@ -79,6 +81,7 @@ fn main() {
         .file("cpp/gpu_qmm.cc")
         .file("cpp/gpu_pattn.cc")
         .file("cpp/gpu_decode.cc")
+        .file("cpp/gpu_graph.cc")
         .std("c++20")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")

@@ -27,6 +27,7 @@
 #include <utility>
 
 #include "gpu_decode_src.h"
+#include "gpu_trace.h"
 #include "mlx/backend/cuda/cuda.h"
 #include "mlx/fast.h"
 #include "shim.h"
@@ -34,6 +35,19 @@
 namespace mx = mlx::core;
 
 namespace cider {
+namespace dec {
+const KindSpec& spec(Kind kind) {
+  static const KindSpec specs[] = {
+      {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs", "nxt"}, {"hout", "y"}, kCiderNormCall},
+      {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev", "nxt"}, {"hout", "q"},
+       kCiderNormKvCall},
+      {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
+      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch", "nxt"}, {"y", "att"}, kCiderAttnOCall},
+      {"cider_gemv", {"x", "w", "bias", "nxt"}, {"y"}, kCiderGemvCall}};
+  return specs[int(kind)];
+}
+}  // namespace dec
+
 namespace {
 
 constexpr int WARPS = 8;
@@ -131,29 +145,13 @@ void keep_header_file() {
   write_header(h.dir, h.text);
 }
 
-// The norm kernel's plain variant (output y) and KV variant (q, and keys
-// and values into the cache in place); greedy sampling; the attention + o
-// projection kernel; the MLP's down projection.
-enum class Kind { Norm, NormKv, Greedy, AttnO, Gemv };
+using dec::Kind;
+using dec::KindSpec;
+using dec::spec;
+using dec::TArgs;
 
-// Each kind's inputs, outputs and call line (indexed by Kind).
-struct KindSpec {
-  const char* name;
-  std::vector<std::string> inputs, outputs;
-  const char* call;
-};
-const KindSpec& spec(Kind kind) {
-  static const KindSpec specs[] = {
-      {"cider_dec", {"h", "dl", "g", "w", "bias", "pos", "freqs", "nxt"}, {"hout", "y"}, kCiderNormCall},
-      {"cider_dec_kv", {"h", "dl", "g", "w", "bias", "pos", "freqs", "cache", "prev", "nxt"}, {"hout", "q"},
-       kCiderNormKvCall},
-      {"cider_greedy", {"x", "scratch", "prev"}, {"y"}, kCiderGreedyCall},
-      {"cider_attn_o", {"q", "cache", "pos", "w", "bias", "scratch", "nxt"}, {"y", "att"}, kCiderAttnOCall},
-      {"cider_gemv", {"x", "w", "bias", "nxt"}, {"y"}, kCiderGemvCall}};
-  return specs[int(kind)];
-}
-
-using TArgs = std::vector<std::pair<std::string, mx::fast::TemplateArg>>;
+// The launches being traced on this thread (dec::set_trace), if any.
+thread_local std::vector<dec::Traced>* tracing = nullptr;
 
 // The kernel of `kind` with template arguments `targs`, as MLX runs it.
 // MLX's cuda_kernel formats every template argument into the kernel's name
@@ -191,6 +189,18 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind, const TArgs& targs) {
       mx::fast::cuda_kernel(k.name + ("_" + std::to_string(made.size())), k.inputs, k.outputs, src + k.call,
                             device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0));
   return *made.emplace(std::move(key), std::move(f)).first->second;
+}
+
+// Runs the kernel of `kind` through MLX: `threads` in blocks of 8 warps,
+// outputs of these shapes and types. A traced launch is also recorded.
+std::vector<mx::array> run(Kind kind, const TArgs& targs, std::vector<mx::array> inputs,
+                           std::vector<mx::Shape> shapes, std::vector<mx::Dtype> dtypes, int threads,
+                           const mx::Stream& s) {
+  constexpr int TB = 32 * WARPS;
+  auto out = kernel(kind, targs)(inputs, std::move(shapes), std::move(dtypes), {threads, 1, 1}, {TB, 1, 1}, {},
+                                 std::nullopt, false, s);
+  if (tracing) tracing->push_back({kind, targs, std::move(inputs), out, threads / TB, TB});
+  return out;
 }
 
 // Blocks of 8 warps for `pairs` row pairs, S warps a pair.
@@ -317,16 +327,17 @@ std::vector<mx::array> launch(const mx::array& h, const mx::array* dl, const mx:
   const mx::array& freqs = rope.freqs ? *rope.freqs : no_freqs;
   if (cache) {
     targs.emplace_back("QN", qn);
-    return kernel(Kind::NormKv, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache, nxt},
-                                       {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()},
-                                       {threads, 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false, s);
+    return run(Kind::NormKv, targs, {h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, *cache, prev ? *prev : *cache, nxt},
+               {h.shape(), {1, qn / rope.head_dim, 1, rope.head_dim}}, {h.dtype(), h.dtype()}, threads, s);
   }
   // RoPE's output comes in the attention layout [1, heads, 1, head_dim]:
   // q, k and v are then views, with no reshape node between.
-  const mx::Shape yshape = mode == 2 ? mx::Shape{1, N / 2} : mx::Shape{1, N / rope.head_dim, 1, rope.head_dim};
-  return kernel(Kind::Norm, targs)({h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, nxt}, {h.shape(), yshape},
-                                   {h.dtype(), h.dtype()}, {threads, 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt, false,
-                                   s);
+  // Mode 0 (no epilogue; the head's logits) is one row [1, N].
+  const mx::Shape yshape = mode == 2   ? mx::Shape{1, N / 2}
+                           : mode == 0 ? mx::Shape{1, N}
+                                       : mx::Shape{1, N / rope.head_dim, 1, rope.head_dim};
+  return run(Kind::Norm, targs, {h, dl ? *dl : h, g, w, bias ? *bias : g, pos, freqs, nxt}, {h.shape(), yshape},
+             {h.dtype(), h.dtype()}, threads, s);
 }
 
 // The attention + o projection kernel (attn_o in gpu_decode_src.h): at
@@ -379,10 +390,8 @@ std::vector<mx::array> launch_attn(const mx::array& q, const mx::array& cache, c
   const TArgs targs{{"T", q.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"D", D}, {"HQ", HQ},
                     {"HK", HK}, {"TMAX", ATTN_TMAX}, {"SCALE_LOG2", float_bits(scale_log2)}, {"IF", IN_FLIGHT},
                     {"MAXH", ATTN_MAX_HEADS}, {"MS", ATTN_SLICES}, {"PFL", next ? pf : 0}};
-  return kernel(Kind::AttnO, targs)(
-      {q, cache, pos, w, bias ? *bias : w, attn_scratch(s), next && pf > 0 ? *next : w}, {{1, N}, {1, K}}, {q.dtype(), q.dtype()},
-      {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {},
-      std::nullopt, false, s);
+  return run(Kind::AttnO, targs, {q, cache, pos, w, bias ? *bias : w, attn_scratch(s), next && pf > 0 ? *next : w},
+             {{1, N}, {1, K}}, {q.dtype(), q.dtype()}, 32 * WARPS * blocks_for(N / 2, S), s);
 }
 
 // What the kernel takes ("" or what is wrong).
@@ -454,9 +463,8 @@ mx::array launch_gemv(const mx::array& x, const mx::array& w, const mx::array* b
   keep_header_file();
   const TArgs targs{{"T", x.dtype()}, {"K", K}, {"N", N}, {"S", S}, {"BIAS", bias != nullptr}, {"IF", GEMV_IN_FLIGHT},
                     {"PFL", next ? pf : 0}};
-  return kernel(Kind::Gemv, targs)({x, w, bias ? *bias : w, next && pf > 0 ? *next : w}, {{1, N}}, {x.dtype()},
-                                   {32 * WARPS * blocks_for(N / 2, S), 1, 1}, {32 * WARPS, 1, 1}, {}, std::nullopt,
-                                   false, s)[0];
+  return run(Kind::Gemv, targs, {x, w, bias ? *bias : w, next && pf > 0 ? *next : w}, {{1, N}}, {x.dtype()},
+             32 * WARPS * blocks_for(N / 2, S), s)[0];
 }
 
 // The gemv against MLX's matmul (addmm with a bias) on random rows: within
@@ -503,9 +511,9 @@ mx::array greedy_scratch(const mx::Stream& s) {
 mx::array launch_greedy(const mx::array& x, const mx::array& scratch, const mx::array& prev, const mx::Stream& s) {
   keep_header_file();
   const int V = int(x.size()), nb = greedy_blocks(V);
-  return kernel(Kind::Greedy, {{"T", x.dtype()}, {"V", V}, {"NB", nb}})({x, scratch, prev}, {{1}}, {mx::uint32},
-                                                                       {256 * nb, 1, 1}, {256, 1, 1}, {},
-                                                                       std::nullopt, false, s)[0];
+  static_assert(32 * WARPS == 256, "the greedy kernel's blocks are 256 threads");
+  return run(Kind::Greedy, {{"T", x.dtype()}, {"V", V}, {"NB", nb}}, {x, scratch, prev}, {{1}}, {mx::uint32}, 256 * nb,
+             s)[0];
 }
 
 // Greedy sampling of rows of V logits against MLX's logsumexp, subtract and
@@ -803,7 +811,7 @@ bool gemv_wanted() {
 std::string shape_error(int K, int N, int mode, int rot, int head_dim, int qn) {
   if (K % 8 != 0 || K <= 0 || K > MAX_K) return "K must be a multiple of 8, at most " + std::to_string(MAX_K);
   if (N % 2 != 0 || N <= 0) return "N must be even";
-  if (mode != 1 && mode != 2) return "unknown mode " + std::to_string(mode);
+  if (mode < 0 || mode > 2) return "unknown mode " + std::to_string(mode);
   if (mode == 1 && (head_dim < 2 || head_dim % 2 || N % head_dim || rot % head_dim || rot > N)) return "bad RoPE heads";
   if (qn > 0 && (mode != 1 || qn % head_dim || qn >= rot))
     return "the KV variant needs RoPE and q rows below the rotated ones";
@@ -814,7 +822,7 @@ std::string shape_error(int K, int N, int mode, int rot, int head_dim, int qn) {
 // frequencies' values are an input, not part of the kernel.
 Cfg make_cfg(mx::Dtype dt, int K, int N, int mode, int qn, bool add, bool bias, const Rope& rope, bool freqs,
              float eps) {
-  Cfg c{dt, K, N, mode, qn, add, bias, mode == 2 ? Rope{} : rope, mode == 2 ? false : freqs, eps};
+  Cfg c{dt, K, N, mode, qn, add, bias, mode != 1 ? Rope{} : rope, mode != 1 ? false : freqs, eps};
   c.rope.freqs = nullptr;
   return c;
 }
@@ -853,6 +861,15 @@ std::string shape_str(const mx::array& a) {
 }
 
 }  // namespace
+
+namespace dec {
+void set_trace(std::vector<Traced>* into) {
+  tracing = into;
+}
+const std::string& device_text() {
+  return device_header().text;
+}
+}  // namespace dec
 
 bool gpu_decode_ready(uint8_t dtype_code) {
   const mx::Stream s = mx::default_stream(mx::default_device());

@@ -175,9 +175,10 @@ struct RowPair {
 // weight), w [N, K] (row-major), bias [N] (when BIAS), pos [1] int32 (RoPE
 // position), freqs [D/2] float32 (RoPE frequencies when FREQS).
 // Outputs: hout [K] (h + dl, rounded; h when not ADD), y.
-// MODE 1: y [N] with rows < ROT rotated (head dim D, position SCALE * pos,
-// frequencies freqs or base 2^LOG2B); 2: y [N/2] = silu(rows < N/2) *
-// (rows >= N/2). EPS, SCALE, LOG2B: float bits.
+// MODE 0: y [N], no epilogue (D 2: pairs are adjacent rows; the head's
+// logits). MODE 1: y [N] with rows < ROT rotated (head dim D, position
+// SCALE * pos, frequencies freqs or base 2^LOG2B); 2: y [N/2] =
+// silu(rows < N/2) * (rows >= N/2). EPS, SCALE, LOG2B: float bits.
 // QN > 0 (the KV variant): y is q [1, QN / D, 1, D], rows < QN; the rest,
 // keys then values, are written in place at position pos of the KV cache
 // buffer [1, heads, cap, D] (the cache's only owner passes it; see
@@ -373,7 +374,7 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_shared, part_sum,
                                 acc0, acc1, nxt, PFL))
-    rp.store<BIAS>(acc0, acc1, bias, y);
+    rp.template store<BIAS>(acc0, acc1, bias, y);
 }
 // Greedy sampling of one row of logits x [V] -> y [1] (uint32): the first
 // index of the largest T(x - T(logsumexp(x))), what MLX's logsumexp,
@@ -838,7 +839,7 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   };
   if (pair_dot<T, K, S, CW, CB>(rp.a, rp.b, rp.w0, rp.w1, rp.c0, lane, warp, rp.part, rp.live, from_att, part_sum, acc0,
                                 acc1, nxt, PFL))
-    rp.store<BIAS>(acc0, acc1, bias, y);
+    rp.template store<BIAS>(acc0, acc1, bias, y);
 }
 
 }  // namespace cider_dec

@@ -149,7 +149,7 @@ bool env_off(const char* name);
 rust::String gpu_kernels_status();
 bool gpu_kernels_wanted();
 // cider's fused decode kernel (gpu_decode.cc): [h + dl] -> RMSNorm(g, eps) ->
-// one row times w [N, K] -> [+ bias] -> mode 1 RoPE on the first
+// one row times w [N, K] -> [+ bias] -> mode 0 nothing more (y [1, N]), mode 1 RoPE on the first
 // `rot` rows (heads of head_dim; freqs, or base 2^log2_base; position
 // rope_scale * pos), 2 SwiGLU of the two halves. Returns [h + dl, y]. With
 // has_cache (mode 1), returns [h + dl, q] (rows < qn) and writes the other
@@ -206,6 +206,31 @@ std::unique_ptr<Array> gpu_gemv(const Array& x, const Array& w, const Array& bia
 // weights of the kernel that runs next, of which each kernel asks L2 for up
 // to CIDER_GPU_PF megabytes once its own loads are in (gpu_decode.cc).
 std::string gpu_decode_status();
+// Greedy decode steps replayed as one CUDA graph (gpu_graph.cc says why).
+// gpu_graph_trace(true) records the decode kernels launched on this thread
+// (the step being built), false stops; gpu_graph_new, once MLX has
+// evaluated that step, makes the graph from the record: `layers` layers,
+// then the head and greedy sampling, whose token array `token` the graph's
+// tail feeds back through the embedding `table` into `h0` (the first
+// layer's input) and advances `pos` (4 int32, the step's position `base`
+// first). It replays at most `steps` steps. Launch returns a step's number
+// (1, 2, ...), token waits for it, finish for all and returns how many ran.
+struct DecodeGraphImpl;
+struct DecodeGraph {
+  std::shared_ptr<DecodeGraphImpl> impl;
+};
+bool gpu_graph_available();
+rust::String gpu_graph_unavailable_reason();
+void gpu_graph_trace(bool on);
+std::unique_ptr<DecodeGraph> gpu_graph_new(const Array& table, const Array& h0, const Array& pos, const Array& token,
+                                           int32_t base, int32_t steps, int32_t layers);
+uint64_t gpu_graph_launch(DecodeGraph& g);
+uint32_t gpu_graph_token(DecodeGraph& g, uint64_t k);
+uint64_t gpu_graph_finish(DecodeGraph& g);
+// What the last attempt to make such a graph came to ("on (...)", "off:
+// why"), or a reason the caller notes; "" before any.
+void gpu_graph_note(rust::Str why);
+std::string gpu_graph_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);
 

@@ -26,6 +26,16 @@ pub trait KvCache: Send {
         Ok(None)
     }
     fn joint_written(&mut self, _writer: &Array) {}
+    /// Makes the joint buffer (`joint_slot`) hold at least `positions`
+    /// positions, evaluated, so steps that write it unseen by MLX (a CUDA
+    /// graph of decode steps) never need it to grow. False where this cache
+    /// has no joint buffer.
+    fn joint_reserve(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype, _positions: i32) -> Result<bool> {
+        Ok(false)
+    }
+    /// Counts `n` more positions as stored: written into the joint buffer
+    /// by such steps, which have all finished.
+    fn joint_advance(&mut self, _n: i32) {}
 }
 
 pub struct JointSlot {
@@ -184,12 +194,38 @@ impl KvCache for StandardCache {
     /// device. Positions past the offset (after a trim) are stale and
     /// overwritten.
     fn joint_slot(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype) -> Result<Option<JointSlot>> {
-        if self.store.is_some_and(|s| s != dtype) {
+        if !self.grow_joint(kv_heads, head_dim, dtype, self.offset + 1)? {
             return Ok(None);
         }
         let pos = self.offset;
+        self.offset += 1;
+        let buf = self.joint.clone().unwrap();
+        let after = self.writer.clone().unwrap_or_else(|| buf.clone());
+        Ok(Some(JointSlot { buf, pos, after }))
+    }
+    fn joint_written(&mut self, writer: &Array) {
+        self.writer = Some(writer.clone());
+    }
+    fn joint_reserve(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, positions: i32) -> Result<bool> {
+        self.grow_joint(kv_heads, head_dim, dtype, positions)
+    }
+    fn joint_advance(&mut self, n: i32) {
+        self.offset += n;
+        // Whoever wrote last has finished: nothing for MLX to wait on.
+        self.writer = None;
+    }
+}
+
+impl StandardCache {
+    /// Makes the joint buffer hold at least `want` positions (false where
+    /// this cache keeps another dtype).
+    fn grow_joint(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, want: i32) -> Result<bool> {
+        if self.store.is_some_and(|s| s != dtype) {
+            return Ok(false);
+        }
+        let pos = self.offset;
         let cap = self.joint.as_ref().map_or(0, |j| j.dim(2));
-        if pos + 1 > cap {
+        if want > cap {
             self.settle_writes()?;
             let old = match (self.joint.take(), self.keys.take(), self.values.take()) {
                 (Some(j), ..) => Some(j.slice_axis(2, 0, pos)?),
@@ -212,7 +248,7 @@ impl KvCache for StandardCache {
                 }
             }
             let step = step();
-            let new_cap = (pos + 1 + step - 1) / step * step;
+            let new_cap = (want.max(pos + 1) + step - 1) / step * step;
             let fresh = Array::zeros(&[1, 2 * kv_heads, new_cap - pos, head_dim], dtype)?;
             let j = match old {
                 Some(o) if pos > 0 => Array::concatenate(&o, &fresh, 2)?,
@@ -221,12 +257,6 @@ impl KvCache for StandardCache {
             j.eval()?;
             self.joint = Some(j);
         }
-        self.offset += 1;
-        let buf = self.joint.clone().unwrap();
-        let after = self.writer.clone().unwrap_or_else(|| buf.clone());
-        Ok(Some(JointSlot { buf, pos, after }))
-    }
-    fn joint_written(&mut self, writer: &Array) {
-        self.writer = Some(writer.clone());
+        Ok(true)
     }
 }

@@ -6,6 +6,7 @@ use crate::cache::KvCache;
 use crate::error::{Error, Result};
 use crate::mlx::{self, memory, Array, Dtype};
 use crate::model::Model;
+use crate::models::transformer::GraphStep;
 use crate::sampling::{apply_repetition_penalty, Sampler, SamplerConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -136,6 +137,43 @@ struct Stepper<'a> {
     /// The GPU greedy kernel's working memory (made at its first use, once
     /// the kernel passed its check).
     greedy: Option<mlx::GreedyScratch>,
+    /// Steps a CUDA graph may replay in this generation (0: none; see
+    /// `graph_steps`), the first decode step built for it (traced), and
+    /// the graph once made from that step.
+    graph_steps: i32,
+    traced: Option<GraphStep>,
+    graph: Option<mlx::DecodeGraph>,
+}
+
+/// A sampled token not read yet: MLX's lazy array, or a step of the CUDA
+/// graph (its number).
+enum Pending {
+    Lazy(Array),
+    Graph(u64),
+}
+
+/// How many steps after the first decode step (which it is traced from) a
+/// CUDA graph may replay for this generation, or 0 where none is made:
+/// greedy sampling without a penalty, a model whose every decode kernel
+/// and head run cider's kernels (`Transformer::graph_ready`), and room:
+/// cider's attention kernel takes every position up to the last
+/// (gpu_attn_o_max_positions), as the graph cannot switch to MLX's.
+fn graph_steps(model: &Model, opts: &GenerateOptions, prompt_len: usize, penalty: bool) -> i32 {
+    if opts.sampler.temperature != 0.0 || penalty || opts.max_tokens < 3 || !mlx::device::is_cuda() {
+        return 0;
+    }
+    let last = prompt_len + opts.max_tokens;
+    if last >= mlx::gpu_attn_o_max_positions() as usize {
+        mlx::gpu_graph_note("off: the generation reaches past cider's attention kernel's positions");
+        return 0;
+    }
+    match model.net.graph_ready() {
+        Ok(()) => (opts.max_tokens - 2) as i32,
+        Err(why) => {
+            mlx::gpu_graph_note(&format!("off: {why}"));
+            0
+        }
+    }
 }
 
 impl Stepper<'_> {
@@ -178,6 +216,56 @@ impl Stepper<'_> {
         }
         let logprobs = logits.sub(&logits.logsumexp(-1, true)?)?;
         self.sampler.sample(&logprobs)
+    }
+
+    /// The first decode step (after the token `y`), built through cider's
+    /// kernels with their launches traced, for a CUDA graph (`graph_steps`
+    /// > 0): the caches first get room for every step the graph may run.
+    /// None where that is not possible here (the step is then built as any).
+    fn traced_step(&mut self, y: &Array) -> Result<Option<Array>> {
+        let net = &self.model.net;
+        let offset = self.caches.first().map_or(0, |c| c.offset());
+        if !net.graph_reserve(&mut self.caches, offset + self.graph_steps + 1)? {
+            mlx::gpu_graph_note("off: a KV cache cannot be written in place");
+            return Ok(None);
+        }
+        if self.greedy.is_none() {
+            self.greedy = Some(mlx::GreedyScratch::new()?);
+        }
+        mlx::gpu_graph_trace(true);
+        let step = net.graph_step(y, &mut self.caches, self.greedy.as_mut().unwrap());
+        mlx::gpu_graph_trace(false);
+        let step = step?;
+        let token = step.token.clone();
+        self.traced = Some(step);
+        Ok(Some(token))
+    }
+
+    /// The CUDA graph from the traced step (evaluated by now, or waited for
+    /// here) and its first launch; None where it could not be made (why is
+    /// in `gpu_kernels_status`), and the steps go on through MLX.
+    fn start_graph(&mut self) -> Result<Option<u64>> {
+        let Some(t) = self.traced.take() else { return Ok(None) };
+        t.token.eval()?;
+        let base = self.caches.first().map_or(0, |c| c.offset()) - 1;
+        match mlx::DecodeGraph::new(&t.table, &t.h0, &t.pos, &t.token, base, self.graph_steps, self.model.net.n_layers() as i32) {
+            Ok(g) => {
+                let g = self.graph.insert(g);
+                Ok(Some(g.launch()?))
+            }
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Waits for the graph's steps and counts their positions as stored.
+    fn finish_graph(&mut self) -> Result<()> {
+        if let Some(mut g) = self.graph.take() {
+            let n = g.finish()? as i32;
+            for c in self.caches.iter_mut() {
+                c.joint_advance(n);
+            }
+        }
+        Ok(())
     }
 
     /// Run the prompt chunk `ids` through the model into the caches.
@@ -322,7 +410,18 @@ impl Session {
         let mut st = {
             let _g = mlx_lock();
             memory::reset_peak();
-            Stepper { model, caches: model.net.make_caches(), sampler: Sampler::new(opts.sampler.clone())?, history: None, penalty, greedy: None }
+            let graph_steps = graph_steps(model, opts, prompt.len(), penalty.is_some());
+            Stepper {
+                model,
+                caches: model.net.make_caches(),
+                sampler: Sampler::new(opts.sampler.clone())?,
+                history: None,
+                penalty,
+                greedy: None,
+                graph_steps,
+                traced: None,
+                graph: None,
+            }
         };
         // From here on MLX may hold work for this generation in flight (a
         // prompt layer, the step after an EOS); however this returns, the
@@ -368,19 +467,36 @@ impl Session {
             let last = Array::from_i32(&ids[done..], &[(ids.len() - done) as i32])?;
             let y = st.step(&last)?;
             mlx::async_eval(&[&y])?;
-            y
+            Pending::Lazy(y)
         };
         let first_submit_s = t0.elapsed().as_secs_f64();
         let mut n = 0usize;
         let (mut build_s, mut submit_s, mut wait_s) = (0.0, 0.0, 0.0);
         // Builds and submits the step after `y` (None past the last token:
         // mlx-lm builds one it never reads), timing the host's two parts.
-        let mut build_next = |st: &mut Stepper, y: &Array, n: usize| -> Result<Option<Array>> {
+        // With a CUDA graph (`graph_steps`), step 1 is built traced, the
+        // graph is made from it before step 2, and every later step is one
+        // graph launch (counted as submit time).
+        let mut build_next = |st: &mut Stepper, y: &Pending, n: usize| -> Result<Option<Pending>> {
             if n + 1 >= opts.max_tokens {
                 return Ok(None);
             }
             let tb = Instant::now();
-            let next = st.step(y)?;
+            if let Some(g) = st.graph.as_mut() {
+                let k = g.launch()?;
+                submit_s += tb.elapsed().as_secs_f64();
+                return Ok(Some(Pending::Graph(k)));
+            }
+            if let Some(k) = st.start_graph()? {
+                submit_s += tb.elapsed().as_secs_f64();
+                return Ok(Some(Pending::Graph(k)));
+            }
+            let Pending::Lazy(y) = y else { unreachable!("graph steps come only from a graph") };
+            let traced = if n == 0 && st.graph_steps > 0 { st.traced_step(y)? } else { None };
+            let next = match traced {
+                Some(t) => t,
+                None => st.step(y)?,
+            };
             let ts = Instant::now();
             if n == 1 && census_requested() {
                 print_census(&next);
@@ -388,7 +504,7 @@ impl Session {
             mlx::async_eval(&[&next])?;
             build_s += ts.duration_since(tb).as_secs_f64();
             submit_s += ts.elapsed().as_secs_f64();
-            Ok(Some(next))
+            Ok(Some(Pending::Lazy(next)))
         };
         let mut next = None;
         loop {
@@ -408,7 +524,10 @@ impl Session {
                     next = build_next(&mut st, &y, n)?;
                 }
                 let tw = Instant::now();
-                let tok = y.item_i32()? as u32;
+                let tok = match &y {
+                    Pending::Lazy(a) => a.item_i32()? as u32,
+                    Pending::Graph(k) => st.graph.as_mut().expect("a graph step has its graph").token(*k)?,
+                };
                 if n > 0 {
                     wait_s += tw.elapsed().as_secs_f64();
                 }
@@ -465,6 +584,7 @@ impl Session {
             let _g = mlx_lock();
             // A step built before an EOS or a stop may still be running:
             // count its memory too.
+            st.finish_graph()?;
             mlx::synchronize()?;
             memory::peak() as u64
         };

@@ -219,6 +219,7 @@ pub fn gpu_decode_check(dtype: Dtype, k: i32, n: i32, has_dl: bool, has_bias: bo
     let (mode, rot, head_dim, has_freqs, log2_base, scale) = match epi {
         DecodeEpilogue::Rope { rot, head_dim, freqs, log2_base, scale, .. } => (1, *rot, *head_dim, freqs.is_some(), *log2_base, *scale),
         DecodeEpilogue::Swiglu => (2, 0, 2, false, 0.0, 1.0),
+        DecodeEpilogue::Plain => (0, 0, 2, false, 0.0, 1.0),
     };
     check_result(ffi::gpu_decode_check(dtype as u8, k, n, mode, has_dl, has_bias, rot, head_dim, has_freqs, log2_base, scale, eps, qn)?)
 }
@@ -286,6 +287,8 @@ pub enum DecodeEpilogue<'a> {
     Rope { rot: i32, head_dim: i32, pos: &'a Array, pos_value: i32, freqs: Option<&'a Array>, log2_base: f32, scale: f32 },
     /// silu(first half) * second half: y [1, N / 2].
     Swiglu,
+    /// Nothing more: y [1, N] (the head's logits).
+    Plain,
 }
 
 /// Fused one-row step on the GPU: hs = h (+ dl); y = epilogue(rms_norm(hs,
@@ -316,6 +319,7 @@ pub fn gpu_norm_gemv(
             (1, *rot, *head_dim, *pos, *pos_value, *freqs, *log2_base, *scale)
         }
         DecodeEpilogue::Swiglu => (2, 0, 2, h, 0, None, 0.0, 1.0),
+        DecodeEpilogue::Plain => (0, 0, 2, h, 0, None, 0.0, 1.0),
     };
     let l = ffi::gpu_norm_gemv(
         &h.inner,
@@ -371,6 +375,60 @@ pub fn gpu_greedy(logits: &Array, scratch: &mut GreedyScratch) -> Result<Array> 
     let t = wrap(ffi::gpu_greedy(&logits.inner, &scratch.buf.inner, &prev.inner))?;
     scratch.last = Some(t.clone());
     Ok(t)
+}
+
+/// Greedy decode steps replayed as one CUDA graph (core/cpp/gpu_graph.cc
+/// says why): made from a traced step (`gpu_graph_trace`) once MLX has
+/// evaluated it; each `launch` runs one more step on the device, feeding
+/// the sampled token back there, and `token` waits for a step's token.
+pub struct DecodeGraph {
+    inner: UniquePtr<ffi::DecodeGraph>,
+}
+
+/// Whether CUDA graphs of decode steps can be made here, else why not.
+pub fn gpu_graph_available() -> std::result::Result<(), String> {
+    if ffi::gpu_graph_available() {
+        Ok(())
+    } else {
+        Err(ffi::gpu_graph_unavailable_reason())
+    }
+}
+
+/// Notes why no CUDA graph of decode steps was made (`gpu_kernels_status`
+/// tells it).
+pub fn gpu_graph_note(why: &str) {
+    ffi::gpu_graph_note(why)
+}
+
+/// Records (true) or stops recording (false) the decode kernels launched on
+/// this thread: the step a `DecodeGraph` is made from.
+pub fn gpu_graph_trace(on: bool) {
+    ffi::gpu_graph_trace(on)
+}
+
+impl DecodeGraph {
+    /// From the launches traced on this thread (which it stops): `layers`
+    /// layers, the head and greedy sampling of `token`, fed back through
+    /// `table` into `h0` at positions `pos` (`base` first); `steps` steps
+    /// at most.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(table: &Array, h0: &Array, pos: &Array, token: &Array, base: i32, steps: i32, layers: i32) -> Result<Self> {
+        let g = ffi::gpu_graph_new(&table.inner, &h0.inner, &pos.inner, &token.inner, base, steps, layers)
+            .map_err(|e| Error::backend(e.what().to_string()))?;
+        Ok(DecodeGraph { inner: g })
+    }
+    /// Runs one more step; returns its number (1, 2, ...).
+    pub fn launch(&mut self) -> Result<u64> {
+        ffi::gpu_graph_launch(self.inner.pin_mut()).map_err(|e| Error::backend(e.what().to_string()))
+    }
+    /// The token step `k` sampled (waits for it).
+    pub fn token(&mut self, k: u64) -> Result<u32> {
+        ffi::gpu_graph_token(self.inner.pin_mut(), k).map_err(|e| Error::backend(e.what().to_string()))
+    }
+    /// Waits for every launched step; returns how many there were.
+    pub fn finish(&mut self) -> Result<u64> {
+        ffi::gpu_graph_finish(self.inner.pin_mut()).map_err(|e| Error::backend(e.what().to_string()))
+    }
 }
 
 /// How many evaluations MLX has submitted and not finished, on all streams.

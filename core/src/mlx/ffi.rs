@@ -58,6 +58,17 @@ pub(crate) mod ffi {
         fn gpu_attn_o(q: &Array, cache: &Array, pos: &Array, pos_value: i32, w: &Array, bias: &Array, has_bias: bool,
                       scale: f32, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn gpu_gemv_check(dtype: u8, k: i32, n: i32, has_bias: bool) -> Result<String>;
+        type DecodeGraph;
+        fn gpu_graph_available() -> bool;
+        fn gpu_graph_unavailable_reason() -> String;
+        fn gpu_graph_trace(on: bool);
+        #[allow(clippy::too_many_arguments)]
+        fn gpu_graph_new(table: &Array, h0: &Array, pos: &Array, token: &Array, base: i32, steps: i32, layers: i32)
+            -> Result<UniquePtr<DecodeGraph>>;
+        fn gpu_graph_launch(g: Pin<&mut DecodeGraph>) -> Result<u64>;
+        fn gpu_graph_token(g: Pin<&mut DecodeGraph>, k: u64) -> Result<u32>;
+        fn gpu_graph_finish(g: Pin<&mut DecodeGraph>) -> Result<u64>;
+        fn gpu_graph_note(why: &str);
         fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;

@@ -63,6 +63,21 @@ pub struct Transformer {
     /// Whether cider's gemv runs the MLP's down projection in fused steps
     /// (see `down_checked`).
     down_ok: std::sync::OnceLock<bool>,
+    /// Whether greedy decode steps can run as one CUDA graph, else why not
+    /// (see `graph_ready`).
+    graph_ok: std::sync::OnceLock<std::result::Result<(), String>>,
+}
+
+/// One greedy decode step built for a CUDA graph (`Transformer::graph_step`):
+/// the token it samples, and what the graph's tail feeds it back through.
+pub struct GraphStep {
+    pub token: Array,
+    /// The first layer's input (the token's embedding row).
+    pub h0: Array,
+    /// The step's position, 4 int32 from it (every kernel reads the first).
+    pub pos: Array,
+    /// The embedding table.
+    pub table: Array,
 }
 
 // SAFETY: after loading, a Transformer is never mutated (but for `fused_ok`,
@@ -298,6 +313,7 @@ impl Transformer {
             fused_ok: std::sync::OnceLock::new(),
             attn_ok: std::sync::OnceLock::new(),
             down_ok: std::sync::OnceLock::new(),
+            graph_ok: std::sync::OnceLock::new(),
         })
     }
 
@@ -417,20 +433,34 @@ impl Transformer {
     /// kernels and 10 views (on an H100 both the nodes, host time, and the
     /// kernels' device time count). Each layer's MLP output is added to the
     /// residual by the next layer's kernel (by an add after the last).
-    fn hidden_fused(&self, mut h: Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+    fn hidden_fused(&self, h: Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+        let offset = caches.first().map_or(0, |c| c.offset());
+        let pos = Self::fused_pos(offset)?;
+        match self.fused_layers(h, caches, &pos)? {
+            (h, Some(r)) => h.add(&r),
+            (h, None) => Ok(h),
+        }
+    }
+
+    /// The position of a fused step at `offset`, made on the device (MLX's
+    /// arange) and 16 bytes long though the kernels read one value: MLX's
+    /// CUDA allocator puts arrays of up to 8 bytes in a small pool of
+    /// managed memory that the host also writes (token ids, scalars) while
+    /// the device runs, so its pages move back and forth; a one-value
+    /// position (host-written or not) cost every qkv kernel about 20 us of
+    /// device time on an H100 (ncu: 26-27 us against about 5 for its bytes).
+    fn fused_pos(offset: i32) -> Result<Array> {
+        Array::arange(offset, offset + 4, Dtype::I32)
+    }
+
+    /// `hidden_fused`'s layers at position `pos`: the last layer's residual
+    /// stream and its MLP output, not yet added (None: no layers).
+    fn fused_layers(&self, mut h: Array, caches: &mut [Box<dyn KvCache>], pos: &Array) -> Result<(Array, Option<Array>)> {
         let caches_offset = caches.first().map_or(0, |c| c.offset());
-        // The position, made on the device (MLX's arange) and 16 bytes long
-        // though the kernel reads one value: MLX's CUDA allocator puts
-        // arrays of up to 8 bytes in a small pool of managed memory that the
-        // host also writes (token ids, scalars) while the device runs, so
-        // its pages move back and forth; a one-value position (host-written
-        // or not) cost every qkv kernel about 20 us of device time on an
-        // H100 (ncu: 26-27 us against about 5 for its bytes).
-        let pos = Array::arange(caches_offset, caches_offset + 4, Dtype::I32)?;
         // Every layer has the same heads (ArchConfig), so one RoPE epilogue.
         let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
         let (freqs, log2_base, scale) = self.rope.fused_params(d).expect("checked by `fusable` at load");
-        let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos: &pos, pos_value: caches_offset, freqs, log2_base, scale };
+        let rope = DecodeEpilogue::Rope { rot: (hq + hk) * d, head_dim: d, pos, pos_value: caches_offset, freqs, log2_base, scale };
         // This step's attention and o projection in one kernel, where it
         // takes this many positions.
         let attn_o = caches_offset < crate::mlx::gpu_attn_o_max_positions() && self.attn_checked();
@@ -480,7 +510,7 @@ impl Transformer {
                         // reads the buffer in place, after this step's write
                         // (it takes q): the next write waits for its output.
                         let Linear::Dense { weight: wo, bias: bo, .. } = &a.o_proj else { unreachable!("checked by `attn_checked`") };
-                        let r = crate::mlx::gpu_attn_o(&q, buf, &pos, p, wo, bo.as_ref(), a.scale, Some(wgu))?;
+                        let r = crate::mlx::gpu_attn_o(&q, buf, pos, p, wo, bo.as_ref(), a.scale, Some(wgu))?;
                         cache.joint_written(&r);
                         (h1, r)
                     } else {
@@ -503,10 +533,82 @@ impl Transformer {
             });
             h = h2;
         }
-        match delta {
-            Some(r) => h.add(&r),
-            None => Ok(h),
+        Ok((h, delta))
+    }
+
+    /// The head's weight as cider's kernels take it: dense, unsplit, no
+    /// bias, [vocab, hidden] in `dt` (the embedding's when tied).
+    fn dense_head(&self, dt: Dtype) -> Option<&Array> {
+        let l = self.lm_head.as_ref().unwrap_or(&self.embed.0);
+        match l {
+            Linear::Dense { weight, bias: None, split, .. } if split.is_empty() && weight.dtype() == dt && weight.ndim() == 2 => Some(weight),
+            _ => None,
         }
+    }
+
+    /// Whether this model's greedy decode steps can run as one CUDA graph
+    /// (core/cpp/gpu_graph.cc): every layer through cider's fused kernels
+    /// (q/k/v, attention + o, gate/up, down), the head as a fused norm +
+    /// projection (checked here against MLX's ops, once), GPU greedy
+    /// sampling, and the CUDA driver and NVRTC at hand. Err says why not.
+    /// CIDER_GPU_GRAPH=0 turns it off.
+    pub fn graph_ready(&self) -> std::result::Result<(), String> {
+        self.graph_ok
+            .get_or_init(|| {
+                if std::env::var("CIDER_GPU_GRAPH").is_ok_and(|v| v == "0") {
+                    return Err("turned off by CIDER_GPU_GRAPH=0".into());
+                }
+                let Some(dt) = self.fusable else { return Err("the model's layers do not take the fused kernels".into()) };
+                if !crate::mlx::gpu_decode_ready(dt) || !self.fused_checked() || !self.attn_checked() || !self.down_checked() {
+                    return Err("not every decode kernel runs this model here".into());
+                }
+                crate::mlx::gpu_graph_available()?;
+                let Linear::Dense { weight: table, .. } = &self.embed.0 else { return Err("the embedding is quantized".into()) };
+                let Some(head) = self.dense_head(dt) else { return Err("the head is not one dense [vocab, hidden] weight".into()) };
+                let (v, k) = (head.dim(0), head.dim(1));
+                if table.dtype() != dt || table.dim(1) != k {
+                    return Err("the embedding table is not [vocab, hidden] in the activations' dtype".into());
+                }
+                crate::mlx::gpu_decode_check(dt, k, v, true, false, self.norm.eps, &DecodeEpilogue::Plain, 0)
+                    .map_err(|e| format!("the head's kernel: {e}"))?;
+                crate::mlx::gpu_greedy_check(dt, v).map_err(|e| format!("greedy sampling: {e}"))
+            })
+            .clone()
+    }
+
+    /// Gives every cache room for `positions` positions in place, for a
+    /// CUDA graph's steps (false where a cache cannot).
+    pub fn graph_reserve(&self, caches: &mut [Box<dyn KvCache>], positions: i32) -> Result<bool> {
+        let (hk, d) = (self.config.n_kv_heads as i32, self.config.head_dim as i32);
+        let Some(dt) = self.fusable else { return Ok(false) };
+        for c in caches.iter_mut() {
+            if !c.joint_reserve(hk, d, dt, positions)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// One greedy decode step of the token `id` ([1] uint32) with cider's
+    /// kernels only, head included (`graph_ready` first): what a CUDA graph
+    /// is traced from (`crate::mlx::gpu_graph_trace`), and its first step.
+    pub fn graph_step(&self, id: &Array, caches: &mut [Box<dyn KvCache>], scratch: &mut crate::mlx::GreedyScratch) -> Result<GraphStep> {
+        let dt = self.fusable.ok_or_else(|| crate::error::Error::backend("graph_step: the model takes no fused kernels"))?;
+        let head = self.dense_head(dt).ok_or_else(|| crate::error::Error::backend("graph_step: the head is not dense"))?;
+        let Linear::Dense { weight: table, .. } = &self.embed.0 else {
+            return Err(crate::error::Error::backend("graph_step: the embedding is quantized"));
+        };
+        let h0 = self.embed.forward(id)?;
+        let pos = Self::fused_pos(caches.first().map_or(0, |c| c.offset()))?;
+        let (h, delta) = self.fused_layers(h0.clone(), caches, &pos)?;
+        let delta = delta.ok_or_else(|| crate::error::Error::backend("graph_step: the model has no layers"))?;
+        let (_, logits) = crate::mlx::gpu_norm_gemv(&h, Some(&delta), &self.norm.weight, self.norm.eps, head, None, &DecodeEpilogue::Plain, None, None)?;
+        let token = crate::mlx::gpu_greedy(&logits, scratch)?;
+        Ok(GraphStep { token, h0, pos, table: table.clone() })
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
     }
 
     /// Whether the fused kernels this model's decode steps run (q/k/v with
