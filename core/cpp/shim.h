@@ -213,8 +213,10 @@ std::string gpu_decode_status();
 // then the head and greedy sampling, whose token array `token` the graph's
 // tail feeds back through the embedding `table` into `h0` (the first
 // layer's input) and advances `pos` (4 int32, the step's position `base`
-// first). It replays at most `steps` steps. Launch returns a step's number
-// (1, 2, ...), token waits for it, finish for all and returns how many ran.
+// first). It hands out at most `steps` steps, gpu_graph_unroll() a graph
+// launch (so up to that many more run: the caches need room for them).
+// Launch returns a step's number (1, 2, ...), token waits for it, finish
+// for all and returns how many ran.
 struct DecodeGraphImpl;
 struct DecodeGraph {
   std::shared_ptr<DecodeGraphImpl> impl;
@@ -227,6 +229,7 @@ std::unique_ptr<DecodeGraph> gpu_graph_new(const Array& table, const Array& h0, 
 uint64_t gpu_graph_launch(DecodeGraph& g);
 uint32_t gpu_graph_token(DecodeGraph& g, uint64_t k);
 uint64_t gpu_graph_finish(DecodeGraph& g);
+int32_t gpu_graph_unroll();
 // What the last attempt to make such a graph came to ("on (...)", "off:
 // why"), or a reason the caller notes; "" before any.
 void gpu_graph_note(rust::Str why);

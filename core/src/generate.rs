@@ -162,7 +162,7 @@ fn graph_steps(model: &Model, opts: &GenerateOptions, prompt_len: usize, penalty
     if opts.sampler.temperature != 0.0 || penalty || opts.max_tokens < 3 || !mlx::device::is_cuda() {
         return 0;
     }
-    let last = prompt_len + opts.max_tokens;
+    let last = prompt_len + opts.max_tokens + mlx::gpu_graph_unroll() as usize;
     if last >= mlx::gpu_attn_o_max_positions() as usize {
         mlx::gpu_graph_note("off: the generation reaches past cider's attention kernel's positions");
         return 0;
@@ -225,7 +225,11 @@ impl Stepper<'_> {
     fn traced_step(&mut self, y: &Array) -> Result<Option<Array>> {
         let net = &self.model.net;
         let offset = self.caches.first().map_or(0, |c| c.offset());
-        if !net.graph_reserve(&mut self.caches, offset + self.graph_steps + 1)? {
+        // (A graph launch runs whole unrolled launches: up to unroll - 1
+        // steps past the last asked for.)
+        let u = mlx::gpu_graph_unroll();
+        let steps = (self.graph_steps + u - 1) / u * u;
+        if !net.graph_reserve(&mut self.caches, offset + steps + 1)? {
             mlx::gpu_graph_note("off: a KV cache cannot be written in place");
             return Ok(None);
         }

@@ -394,6 +394,13 @@ pub fn gpu_graph_available() -> std::result::Result<(), String> {
     }
 }
 
+/// Steps each launch of a CUDA graph of decode steps runs
+/// (CIDER_GPU_GRAPH_STEPS, default 1): a graph may run up to this many
+/// steps past the last one asked for.
+pub fn gpu_graph_unroll() -> i32 {
+    ffi::gpu_graph_unroll()
+}
+
 /// Notes why no CUDA graph of decode steps was made (`gpu_kernels_status`
 /// tells it).
 pub fn gpu_graph_note(why: &str) {

@@ -69,6 +69,7 @@ pub(crate) mod ffi {
         fn gpu_graph_token(g: Pin<&mut DecodeGraph>, k: u64) -> Result<u32>;
         fn gpu_graph_finish(g: Pin<&mut DecodeGraph>) -> Result<u64>;
         fn gpu_graph_note(why: &str);
+        fn gpu_graph_unroll() -> i32;
         fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;
         fn eval_one(a: &Array) -> Result<()>;

@@ -436,7 +436,7 @@ impl Transformer {
     fn hidden_fused(&self, h: Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let offset = caches.first().map_or(0, |c| c.offset());
         let pos = Self::fused_pos(offset)?;
-        match self.fused_layers(h, caches, &pos)? {
+        match self.fused_layers(h, caches, &pos, None)? {
             (h, Some(r)) => h.add(&r),
             (h, None) => Ok(h),
         }
@@ -454,8 +454,9 @@ impl Transformer {
     }
 
     /// `hidden_fused`'s layers at position `pos`: the last layer's residual
-    /// stream and its MLP output, not yet added (None: no layers).
-    fn fused_layers(&self, mut h: Array, caches: &mut [Box<dyn KvCache>], pos: &Array) -> Result<(Array, Option<Array>)> {
+    /// stream and its MLP output, not yet added (None: no layers). The last
+    /// down projection asks L2 for `last_next`'s first bytes.
+    fn fused_layers(&self, mut h: Array, caches: &mut [Box<dyn KvCache>], pos: &Array, last_next: Option<&Array>) -> Result<(Array, Option<Array>)> {
         let caches_offset = caches.first().map_or(0, |c| c.offset());
         // Every layer has the same heads (ArchConfig), so one RoPE epilogue.
         let (hq, hk, d) = (self.config.n_heads as i32, self.config.n_kv_heads as i32, self.config.head_dim as i32);
@@ -468,9 +469,10 @@ impl Transformer {
         let mut delta: Option<Array> = None;
         // Each kernel names the weights the next one reads, which it asks L2
         // for once its own are in (`l2_share` in core/cpp/gpu_decode_src.h
-        // says why). The last layer's down projection names none: binding
-        // the head's weights there would add 0.5 GB (a 1B model's) to MLX's
-        // byte count per graph (gpu_decode.cc), a change not measured.
+        // says why). The last layer's down projection names `last_next`:
+        // none in MLX's steps, where binding the head's weights would add
+        // 0.5 GB (a 1B model's) to MLX's byte count per graph
+        // (gpu_decode.cc), a change not measured; the head in a CUDA graph's.
         fn dense(l: &Linear) -> Option<&Array> {
             match l {
                 Linear::Dense { weight, .. } => Some(weight),
@@ -479,10 +481,13 @@ impl Transformer {
         }
         for (i, (layer, cache)) in self.layers.iter().zip(caches.iter_mut()).enumerate() {
             let a = &layer.attn;
-            let next_qkv = self.layers.get(i + 1).and_then(|l| match &l.attn.qkv {
-                Qkv::Fused(w) => dense(w),
-                _ => None,
-            });
+            let next_qkv = match self.layers.get(i + 1) {
+                Some(l) => match &l.attn.qkv {
+                    Qkv::Fused(w) => dense(w),
+                    _ => None,
+                },
+                None => last_next,
+            };
             let (Qkv::Fused(Linear::Dense { weight: wqkv, bias: bqkv, .. }), Mlp::Fused { gate_up, down, .. }) = (&a.qkv, &layer.mlp)
             else {
                 unreachable!("checked by `fusable` at load")
@@ -600,9 +605,18 @@ impl Transformer {
         };
         let h0 = self.embed.forward(id)?;
         let pos = Self::fused_pos(caches.first().map_or(0, |c| c.offset()))?;
-        let (h, delta) = self.fused_layers(h0.clone(), caches, &pos)?;
+        // Here the last down projection asks L2 for the head's first bytes,
+        // and the head for the first layer's q/k/v weights (the next
+        // replay's first kernel, after greedy sampling and the tail): in a
+        // graph MLX's byte count per graph (see hidden_fused) is not at stake.
+        let (h, delta) = self.fused_layers(h0.clone(), caches, &pos, Some(head))?;
         let delta = delta.ok_or_else(|| crate::error::Error::backend("graph_step: the model has no layers"))?;
-        let (_, logits) = crate::mlx::gpu_norm_gemv(&h, Some(&delta), &self.norm.weight, self.norm.eps, head, None, &DecodeEpilogue::Plain, None, None)?;
+        let first_qkv = self.layers.first().and_then(|l| match &l.attn.qkv {
+            Qkv::Fused(Linear::Dense { weight, .. }) => Some(weight),
+            _ => None,
+        });
+        let (_, logits) =
+            crate::mlx::gpu_norm_gemv(&h, Some(&delta), &self.norm.weight, self.norm.eps, head, None, &DecodeEpilogue::Plain, None, first_qkv)?;
         let token = crate::mlx::gpu_greedy(&logits, scratch)?;
         Ok(GraphStep { token, h0, pos, table: table.clone() })
     }
