@@ -174,17 +174,7 @@ const mx::fast::CustomKernelFunction& kernel(Kind kind, const TArgs& targs) {
   auto it = made.find(key);
   if (it != made.end()) return *it->second;
   const KindSpec& k = spec(kind);
-  std::string src;
-  for (const auto& [name, arg] : targs) {
-    if (std::holds_alternative<int>(arg)) {
-      src += "constexpr int " + name + " = " + std::to_string(std::get<int>(arg)) + ";\n";
-    } else if (std::holds_alternative<bool>(arg)) {
-      src += "constexpr bool " + name + " = " + (std::get<bool>(arg) ? "true" : "false") + ";\n";
-    } else {
-      const mx::Dtype dt = std::get<mx::Dtype>(arg);
-      src += "using " + name + " = " + (dt == mx::bfloat16 ? "__nv_bfloat16" : dt == mx::float16 ? "__half" : "float") + ";\n";
-    }
-  }
+  const std::string src = dec::targ_lines(targs);
   auto f = std::make_unique<mx::fast::CustomKernelFunction>(
       mx::fast::cuda_kernel(k.name + ("_" + std::to_string(made.size())), k.inputs, k.outputs, src + k.call,
                             device_header().header, /*ensure_row_contiguous=*/true, /*shared_memory=*/0));
@@ -863,6 +853,20 @@ std::string shape_str(const mx::array& a) {
 }  // namespace
 
 namespace dec {
+std::string targ_lines(const TArgs& targs) {
+  std::string src;
+  for (const auto& [name, arg] : targs) {
+    if (std::holds_alternative<int>(arg)) {
+      src += "constexpr int " + name + " = " + std::to_string(std::get<int>(arg)) + ";\n";
+    } else if (std::holds_alternative<bool>(arg)) {
+      src += "constexpr bool " + name + " = " + (std::get<bool>(arg) ? "true" : "false") + ";\n";
+    } else {
+      const mx::Dtype dt = std::get<mx::Dtype>(arg);
+      src += "using " + name + " = " + (dt == mx::bfloat16 ? "__nv_bfloat16" : dt == mx::float16 ? "__half" : "float") + ";\n";
+    }
+  }
+  return src;
+}
 void set_trace(std::vector<Traced>* into) {
   tracing = into;
 }

@@ -222,19 +222,6 @@ __device__ void cider_graph_tail(const T* table, const uint32_t* tok, int32_t* p
 }
 )CUDA";
 
-std::string targ_lines(const dec::TArgs& targs) {
-  std::string src;
-  for (const auto& [name, arg] : targs) {
-    if (std::holds_alternative<int>(arg)) {
-      src += "constexpr int " + name + " = " + std::to_string(std::get<int>(arg)) + ";\n";
-    } else if (std::holds_alternative<bool>(arg)) {
-      src += "constexpr bool " + name + " = " + (std::get<bool>(arg) ? "true" : "false") + ";\n";
-    } else {
-      src += "using " + name + " = " + cuda_type(std::get<mx::Dtype>(arg)) + ";\n";
-    }
-  }
-  return src;
-}
 
 // Compiled modules by source: a process compiles a model's step once.
 CUmodule compile(const std::string& src) {
@@ -393,7 +380,7 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
   std::vector<std::string> names;
   for (const auto& t : launches) {
     const auto& k = dec::spec(t.kind);
-    std::string params, body = targ_lines(t.targs) + k.call + "\n";
+    std::string params, body = dec::targ_lines(t.targs) + k.call + "\n";
     for (size_t i = 0; i < k.inputs.size(); i++) {
       const auto& a = t.inputs[i];
       if (!cuda_type(a.dtype())) bad("input " + k.inputs[i] + " of an unexpected dtype");

@@ -38,6 +38,10 @@ struct Traced {
   int blocks, threads;
 };
 
+// The template arguments as the constexpr and using lines MLX's
+// cuda_kernel writes before the call line.
+std::string targ_lines(const TArgs& targs);
+
 // Launches on this thread are appended to `into` until set_trace(nullptr).
 void set_trace(std::vector<Traced>* into);
 
