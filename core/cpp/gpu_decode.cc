@@ -853,6 +853,14 @@ std::string shape_str(const mx::array& a) {
 }  // namespace
 
 namespace dec {
+const char* cuda_type(mx::Dtype t) {
+  if (t == mx::bfloat16) return "__nv_bfloat16";
+  if (t == mx::float16) return "__half";
+  if (t == mx::float32) return "float";
+  if (t == mx::int32) return "int32_t";
+  if (t == mx::uint32) return "uint32_t";
+  return nullptr;
+}
 std::string targ_lines(const TArgs& targs) {
   std::string src;
   for (const auto& [name, arg] : targs) {
@@ -861,8 +869,8 @@ std::string targ_lines(const TArgs& targs) {
     } else if (std::holds_alternative<bool>(arg)) {
       src += "constexpr bool " + name + " = " + (std::get<bool>(arg) ? "true" : "false") + ";\n";
     } else {
-      const mx::Dtype dt = std::get<mx::Dtype>(arg);
-      src += "using " + name + " = " + (dt == mx::bfloat16 ? "__nv_bfloat16" : dt == mx::float16 ? "__half" : "float") + ";\n";
+      const char* t = cuda_type(std::get<mx::Dtype>(arg));
+      src += "using " + name + " = " + (t ? t : "float") + ";\n";
     }
   }
   return src;

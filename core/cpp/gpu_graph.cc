@@ -186,14 +186,6 @@ CUdeviceptr dev_ptr(const mx::array& a) {
   return CUdeviceptr(static_cast<char*>(b->data) + a.offset());
 }
 
-const char* cuda_type(mx::Dtype t) {
-  if (t == mx::bfloat16) return "__nv_bfloat16";
-  if (t == mx::float16) return "__half";
-  if (t == mx::float32) return "float";
-  if (t == mx::int32) return "int32_t";
-  if (t == mx::uint32) return "uint32_t";
-  return nullptr;
-}
 
 constexpr const char* kPrelude = R"CUDA(
 #include <cuda_fp16.h>
@@ -222,6 +214,47 @@ __device__ void cider_graph_tail(const T* table, const uint32_t* tok, int32_t* p
 }
 )CUDA";
 
+
+// Whether kernel k's call line names `what` (an input's shape, say): then
+// MLX's cuda_kernel passes it, and so does the wrapper here.
+bool call_names(const dec::KindSpec& k, const std::string& what) {
+  return std::string(k.call).find(what) != std::string::npos;
+}
+
+// One launch's kernel parameters (cuLaunchKernel's array of pointers to
+// each), in the wrapper's order: input addresses, the shapes the call line
+// names, output addresses.
+struct LaunchArgs {
+  struct Shape8 {
+    int v[8];
+  };
+  std::vector<CUdeviceptr> ptrs;
+  std::vector<Shape8> shapes;
+  std::vector<void*> params;
+
+  explicit LaunchArgs(const dec::Traced& t) {
+    const auto& k = dec::spec(t.kind);
+    // (Reserved: params point into both.)
+    ptrs.reserve(t.inputs.size() + t.outputs.size());
+    shapes.reserve(k.inputs.size());
+    for (const auto& a : t.inputs) {
+      ptrs.push_back(dev_ptr(a));
+      params.push_back(&ptrs.back());
+    }
+    for (size_t j = 0; j < k.inputs.size(); j++)
+      if (call_names(k, k.inputs[j] + "_shape")) {
+        Shape8 s{};
+        const auto& a = t.inputs[j];
+        for (int x = 0; x < int(a.ndim()) && x < 8; x++) s.v[x] = a.shape(x);
+        shapes.push_back(s);
+        params.push_back(&shapes.back());
+      }
+    for (const auto& a : t.outputs) {
+      ptrs.push_back(dev_ptr(a));
+      params.push_back(&ptrs.back());
+    }
+  }
+};
 
 // Compiled modules by source: a process compiles a model's step once.
 CUmodule compile(const std::string& src) {
@@ -365,7 +398,7 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
   for (const auto* a : {&tab, &h, &p, &tok})
     if (!a->is_available() || !a->flags().row_contiguous) bad("its arrays must be evaluated and row-contiguous");
   const int K = int(h.size());
-  if (tab.ndim() != 2 || tab.shape(1) != K || tab.dtype() != h.dtype() || K % 8 || !cuda_type(h.dtype()) ||
+  if (tab.ndim() != 2 || tab.shape(1) != K || tab.dtype() != h.dtype() || K % 8 || !dec::cuda_type(h.dtype()) ||
       dev_ptr(tab) % 16 || dev_ptr(h) % 16)
     bad("the embedding table must be [vocab, " + std::to_string(K) + "] of the activations' dtype, rows 16-byte aligned");
   if (p.dtype() != mx::int32 || p.size() != 4 || tok.dtype() != mx::uint32 || tok.size() != 1)
@@ -383,17 +416,16 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
     std::string params, body = dec::targ_lines(t.targs) + k.call + "\n";
     for (size_t i = 0; i < k.inputs.size(); i++) {
       const auto& a = t.inputs[i];
-      if (!cuda_type(a.dtype())) bad("input " + k.inputs[i] + " of an unexpected dtype");
-      params += std::string(params.empty() ? "" : ", ") + "const " + cuda_type(a.dtype()) + "* " + k.inputs[i];
+      if (!dec::cuda_type(a.dtype())) bad("input " + k.inputs[i] + " of an unexpected dtype");
+      params += std::string(params.empty() ? "" : ", ") + "const " + dec::cuda_type(a.dtype()) + "* " + k.inputs[i];
     }
     for (const auto& n : k.inputs) {
-      if (std::string(k.call).find(n + "_strides") != std::string::npos ||
-          std::string(k.call).find(n + "_ndim") != std::string::npos)
+      if (call_names(k, n + "_strides") || call_names(k, n + "_ndim"))
         bad(std::string(k.name) + "'s call line takes strides or ndim, which this does not pass");
-      if (std::string(k.call).find(n + "_shape") != std::string::npos) params += ", const CiderShape " + n + "_shape";
+      if (call_names(k, n + "_shape")) params += ", const CiderShape " + n + "_shape";
     }
     for (size_t i = 0; i < k.outputs.size(); i++)
-      params += std::string(", ") + cuda_type(t.outputs[i].dtype()) + "* " + k.outputs[i];
+      params += std::string(", ") + dec::cuda_type(t.outputs[i].dtype()) + "* " + k.outputs[i];
     const std::string text = "(" + params + ") {\n" + body + "}\n";
     auto it = fn_of.find(text);
     if (it == fn_of.end()) {
@@ -403,9 +435,9 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
     }
     names.push_back(it->second);
   }
-  src += std::string("extern \"C\" __global__ void cider_graph_tail_k(const ") + cuda_type(h.dtype()) +
-         "* table, const uint32_t* tok, int32_t* pos, " + cuda_type(h.dtype()) +
-         "* h, uint32_t* hist, int base) {\ncider_graph_tail<" + cuda_type(h.dtype()) + ", " + std::to_string(K) +
+  src += std::string("extern \"C\" __global__ void cider_graph_tail_k(const ") + dec::cuda_type(h.dtype()) +
+         "* table, const uint32_t* tok, int32_t* pos, " + dec::cuda_type(h.dtype()) +
+         "* h, uint32_t* hist, int base) {\ncider_graph_tail<" + dec::cuda_type(h.dtype()) + ", " + std::to_string(K) +
          ">(table, tok, pos, h, hist, base);\n}\n";
 
   // Every array any launch reads or writes must be MLX's evaluated,
@@ -460,38 +492,16 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
   // The traced step sampled at position base: its token goes to hist[0],
   // its embedding into h, and the position to base + 1. Then the graph.
   check(d.LaunchKernel(tail, 1, 1, 1, 256, 1, 1, 0, g->stream, tail_params, nullptr), "the first tail launch");
+  std::vector<LaunchArgs> args;
+  args.reserve(launches.size());
+  for (const auto& t : launches) args.emplace_back(t);
   check(d.StreamBeginCapture(g->stream, 2 /* relaxed */), "cuStreamBeginCapture");
   try {
     for (size_t u = 0; u < size_t(g->unroll) * launches.size(); u++) {
       const size_t i = u % launches.size();
       const auto& t = launches[i];
-      const auto& k = dec::spec(t.kind);
-      std::vector<CUdeviceptr> ptrs;
-      struct Shape8 {
-        int v[8];
-      };
-      std::vector<Shape8> shapes;
-      ptrs.reserve(t.inputs.size() + t.outputs.size());
-      shapes.reserve(k.inputs.size());
-      std::vector<void*> params;
-      for (const auto& a : t.inputs) {
-        ptrs.push_back(dev_ptr(a));
-        params.push_back(&ptrs.back());
-      }
-      for (size_t j = 0; j < k.inputs.size(); j++)
-        if (std::string(k.call).find(k.inputs[j] + "_shape") != std::string::npos) {
-          Shape8 s{};
-          const auto& a = t.inputs[j];
-          for (int x = 0; x < int(a.ndim()) && x < 8; x++) s.v[x] = a.shape(x);
-          shapes.push_back(s);
-          params.push_back(&shapes.back());
-        }
-      for (const auto& a : t.outputs) {
-        ptrs.push_back(dev_ptr(a));
-        params.push_back(&ptrs.back());
-      }
-      check(d.LaunchKernel(fns[i], unsigned(t.blocks), 1, 1, unsigned(t.threads), 1, 1, 0, g->stream, params.data(),
-                           nullptr),
+      check(d.LaunchKernel(fns[i], unsigned(t.blocks), 1, 1, unsigned(t.threads), 1, 1, 0, g->stream,
+                           args[i].params.data(), nullptr),
             "a captured launch");
       if (i + 1 == launches.size())
         check(d.LaunchKernel(tail, 1, 1, 1, 256, 1, 1, 0, g->stream, tail_params, nullptr), "the captured tail");

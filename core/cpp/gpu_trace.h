@@ -38,6 +38,9 @@ struct Traced {
   int blocks, threads;
 };
 
+// The CUDA type of a dtype the kernels take (nullptr for others).
+const char* cuda_type(mlx::core::Dtype t);
+
 // The template arguments as the constexpr and using lines MLX's
 // cuda_kernel writes before the call line.
 std::string targ_lines(const TArgs& targs);
