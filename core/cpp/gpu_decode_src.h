@@ -72,6 +72,25 @@ __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
+// Programmatic dependent launch (sm_90+; gpu_graph.cc launches the decode
+// graph's kernels so): a kernel may start while the one before it still
+// runs, so its first weight loads (constant data) overlap that kernel's
+// last blocks instead of following its end and the launch. Each kernel
+// issues them, then pdl_wait() -- until the kernel before it has finished
+// and its writes are visible -- before reading anything a kernel writes
+// (activations, the position, the KV cache, scratch), and only then lets
+// the next kernel start (pdl_launch()), so at most two kernels overlap.
+// Both are no-ops in a launch without the attribute (MLX's own launches).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
 
 // Lines [0, lines) of the 128-byte lines from p, spread over the grid's
 // warps (line l to warp l mod warps): this warp asks L2 for its lines. Used
@@ -221,6 +240,8 @@ __device__ __forceinline__ void norm_gemv(const T* h, const T* dl, const T* g, c
   uint4 a[CB], b[CB];
 #pragma unroll
   for (int i = 0; i < CB; i++) ld2<T, K>(a[i], b[i], w0, w1, c0 + i, lane, live);
+  pdl_wait();
+  pdl_launch();
 
   // The row, h, dl and g: every 16-byte load issued before any is used.
   uint4 hv[VT], dv[VT], gv[VT];
@@ -360,6 +381,8 @@ __device__ __forceinline__ void gemv(const T* x, const T* w, const T* bias, T* y
   __shared__ float part_sum[WARPS][2];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   RowPair<T, K, N, S, CW, CB> rp(w);
+  pdl_wait();
+  pdl_launch();
   // (x is a kernel's fresh output in decode steps, so 16-byte aligned; a
   // view that is not is read element by element.)
   if ((reinterpret_cast<size_t>(x) & 15) == 0) {
@@ -410,6 +433,8 @@ __device__ __forceinline__ void greedy(const T* x, const unsigned* scratch_in, u
   __shared__ float s_lse, s_target;
   __shared__ int s_last, s_blk, s_idx;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, b = blockIdx.x;
+  pdl_wait();
+  pdl_launch();
   // x may start inside a 16-byte word (the last row of a prompt's logits is
   // a view at (L - 1) * V elements): the elements before the first whole
   // word belong to block 0, those after the last to block NB - 1, each read
@@ -785,6 +810,8 @@ __device__ __forceinline__ void attn_o(const T* q, const T* cache, int cap, cons
   float* parts = reinterpret_cast<float*>(claim + MAXH * MS);  // [MAXH * MS][D + 2]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   RowPair<T, K, N, S, CW, CB> rp(w);
+  pdl_wait();
+  pdl_launch();
 
   const int n = min(pos[0] + 1, min(TMAX, cap));
   const int slices = max(1, min(MS, n / PER)), per = (n + slices - 1) / slices;

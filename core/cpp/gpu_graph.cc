@@ -49,6 +49,25 @@ using CUevent = struct CUevent_st*;
 using CUgraph = struct CUgraph_st*;
 using CUgraphExec = struct CUgraphExec_st*;
 using nvrtcProgram = struct nvrtcProgram_st*;
+// cuLaunchKernelEx's configuration and one launch attribute (cuda.h's
+// CUlaunchConfig and CUlaunchAttribute, same layout).
+struct LaunchAttr {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    int value;
+    void* align;
+  } v;
+};
+static_assert(sizeof(LaunchAttr) == 72, "CUlaunchAttribute's layout");
+struct LaunchConfig {
+  unsigned grid[3], block[3], shared;
+  CUstream stream;
+  LaunchAttr* attrs;
+  unsigned n_attrs;
+};
+constexpr int kAttrProgrammaticSerialization = 6;  // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
 
 // The driver calls used, by their exported names (the versioned ones where
 // cuda.h maps a name to a _v2 symbol).
@@ -81,6 +100,8 @@ struct Driver {
   CUresult (*MemHostGetDevicePointer)(CUdeviceptr*, void*, unsigned);
   CUresult (*MemFreeHost)(void*);
   CUresult (*GetErrorString)(CUresult, const char**);
+  // (CUDA 12: with it the graph's kernels overlap; without, they do not.)
+  CUresult (*LaunchKernelEx)(const LaunchConfig*, CUfunction, void**, void**) = nullptr;
   // NVRTC
   int (*CreateProgram)(nvrtcProgram*, const char*, const char*, int, const char* const*, const char* const*);
   int (*CompileProgram)(nvrtcProgram, int, const char* const*);
@@ -151,6 +172,7 @@ const Driver& driver() {
       d.error = "libcuda.so.1 lacks a driver call this needs (CUDA 12 or later)";
       return d;
     }
+    sym(cu, "cuLaunchKernelEx", d.LaunchKernelEx);
     ok = sym(rtc, "nvrtcCreateProgram", d.CreateProgram) && sym(rtc, "nvrtcCompileProgram", d.CompileProgram) &&
          sym(rtc, "nvrtcGetProgramLogSize", d.GetProgramLogSize) && sym(rtc, "nvrtcGetProgramLog", d.GetProgramLog) &&
          sym(rtc, "nvrtcGetPTXSize", d.GetPTXSize) && sym(rtc, "nvrtcGetPTX", d.GetPTX) &&
@@ -203,6 +225,8 @@ struct CiderShape { int v[8]; __device__ int operator[](int i) const { return v[
 constexpr const char* kTail = R"CUDA(
 template <typename T, int K>
 __device__ void cider_graph_tail(const T* table, const uint32_t* tok, int32_t* pos, T* h, uint32_t* hist, int base) {
+  cider_dec::pdl_wait();
+  cider_dec::pdl_launch();
   const uint32_t t = tok[0];
   const uint4* row = reinterpret_cast<const uint4*>(table + size_t(t) * K);
   for (int i = threadIdx.x; i < K / 8; i += blockDim.x) reinterpret_cast<uint4*>(h)[i] = row[i];
@@ -316,7 +340,19 @@ int32_t gpu_graph_unroll() {
 }
 
 namespace {
-
+// Whether the graph's kernels overlap (programmatic dependent launch:
+// gpu_decode_src.h, pdl_wait): a compute capability 9.0 device (the
+// kernels wait only there), cuLaunchKernelEx, and not CIDER_GPU_PDL=0.
+// "" when they do, else why not.
+std::string overlap_off(const Driver& d) {
+  if (const char* e = std::getenv("CIDER_GPU_PDL"); e && std::string(e) == "0") return "CIDER_GPU_PDL=0";
+  if (!d.LaunchKernelEx) return "the driver lacks cuLaunchKernelEx";
+  CUdevice dev;
+  int major = 0;
+  check(d.CtxGetDevice(&dev), "cuCtxGetDevice");
+  check(d.DeviceGetAttribute(&major, 75, dev), "compute capability");
+  return major >= 9 ? "" : "compute capability below 9.0";
+}
 }  // namespace
 
 struct DecodeGraphImpl {
@@ -329,6 +365,7 @@ struct DecodeGraphImpl {
   // on the device, `unroll` a graph launch, at most `cap`.
   uint64_t steps = 0, cap = 0, issued = 0, launched = 0;
   int unroll = 1;
+  std::string overlap_off;  // "" when the kernels overlap, else why not
   std::vector<mx::array> keep;  // every array a launch reads or writes
 
   ~DecodeGraphImpl() {
@@ -495,16 +532,27 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
   std::vector<LaunchArgs> args;
   args.reserve(launches.size());
   for (const auto& t : launches) args.emplace_back(t);
+  // Every captured launch but the first may start before the one before it
+  // ends (each kernel waits for it where it must: pdl_wait).
+  g->overlap_off = overlap_off(d);
+  auto launch = [&](CUfunction f, unsigned blocks, unsigned threads, void** params, bool first, const char* what) {
+    if (!g->overlap_off.empty() || first) {
+      check(d.LaunchKernel(f, blocks, 1, 1, threads, 1, 1, 0, g->stream, params, nullptr), what);
+      return;
+    }
+    LaunchAttr overlap{};
+    overlap.id = kAttrProgrammaticSerialization;
+    overlap.v.value = 1;
+    const LaunchConfig c{{blocks, 1, 1}, {threads, 1, 1}, 0, g->stream, &overlap, 1};
+    check(d.LaunchKernelEx(&c, f, params, nullptr), what);
+  };
   check(d.StreamBeginCapture(g->stream, 2 /* relaxed */), "cuStreamBeginCapture");
   try {
     for (size_t u = 0; u < size_t(g->unroll) * launches.size(); u++) {
       const size_t i = u % launches.size();
       const auto& t = launches[i];
-      check(d.LaunchKernel(fns[i], unsigned(t.blocks), 1, 1, unsigned(t.threads), 1, 1, 0, g->stream,
-                           args[i].params.data(), nullptr),
-            "a captured launch");
-      if (i + 1 == launches.size())
-        check(d.LaunchKernel(tail, 1, 1, 1, 256, 1, 1, 0, g->stream, tail_params, nullptr), "the captured tail");
+      launch(fns[i], unsigned(t.blocks), unsigned(t.threads), args[i].params.data(), u == 0, "a captured launch");
+      if (i + 1 == launches.size()) launch(tail, 1, 256, tail_params, false, "the captured tail");
     }
   } catch (...) {
     CUgraph dropped = nullptr;
@@ -524,7 +572,9 @@ std::unique_ptr<DecodeGraph> gpu_graph_new(const Array& table, const Array& h0, 
                                            int32_t base, int32_t steps, int32_t layers) {
   try {
     auto g = make_graph(table, h0, pos, token, base, steps, layers);
-    gpu_graph_note("on (" + std::to_string(4 * layers + 3) + " kernels a step, one graph launch)");
+    const std::string& off = g->impl->overlap_off;
+    gpu_graph_note("on (" + std::to_string(4 * layers + 3) + " kernels a step, one graph launch; kernels " +
+                   (off.empty() ? std::string("overlapped") : "not overlapped: " + off) + ")");
     return g;
   } catch (const std::exception& e) {
     gpu_graph_note(std::string("off: ") + e.what());
