@@ -280,6 +280,19 @@ struct LaunchArgs {
   }
 };
 
+// The current context's device's compute capability.
+struct Capability {
+  int major = 0, minor = 0;
+};
+Capability capability(const Driver& d) {
+  CUdevice dev;
+  check(d.CtxGetDevice(&dev), "cuCtxGetDevice");
+  Capability c;
+  check(d.DeviceGetAttribute(&c.major, 75, dev), "compute capability");
+  check(d.DeviceGetAttribute(&c.minor, 76, dev), "compute capability");
+  return c;
+}
+
 // Compiled modules by source: a process compiles a model's step once.
 CUmodule compile(const std::string& src) {
   static std::mutex m;
@@ -287,11 +300,7 @@ CUmodule compile(const std::string& src) {
   std::lock_guard<std::mutex> lock(m);
   if (auto it = made.find(src); it != made.end()) return it->second;
   const Driver& d = driver();
-  CUdevice dev;
-  check(d.CtxGetDevice(&dev), "cuCtxGetDevice");
-  int major = 0, minor = 0;
-  check(d.DeviceGetAttribute(&major, 75, dev), "compute capability");
-  check(d.DeviceGetAttribute(&minor, 76, dev), "compute capability");
+  const auto [major, minor] = capability(d);
   // As MLX's JIT: PTX for compute_XY, with "a" (the architecture's own
   // instructions) from 9.0 on.
   const std::string arch = "--gpu-architecture=compute_" + std::to_string(major) + std::to_string(minor) +
@@ -347,11 +356,7 @@ namespace {
 std::string overlap_off(const Driver& d) {
   if (const char* e = std::getenv("CIDER_GPU_PDL"); e && std::string(e) == "0") return "CIDER_GPU_PDL=0";
   if (!d.LaunchKernelEx) return "the driver lacks cuLaunchKernelEx";
-  CUdevice dev;
-  int major = 0;
-  check(d.CtxGetDevice(&dev), "cuCtxGetDevice");
-  check(d.DeviceGetAttribute(&major, 75, dev), "compute capability");
-  return major >= 9 ? "" : "compute capability below 9.0";
+  return capability(d).major >= 9 ? "" : "compute capability below 9.0";
 }
 }  // namespace
 
