@@ -11,7 +11,9 @@ as constexpr lines, then the one call line.
 
 --qmm compiles the prompt-pass kernels instead: the quantized matmul
 (gpu_qmm_src.h), every tile the shim picks from, and the attention
-(gpu_pattn_src.h).
+(gpu_pattn_src.h). --prompt compiles the prompt graph's module
+(gpu_prompt_src.h with the attention), as gpu_prompt.cc's source() writes it,
+for a few model shapes.
 """
 import argparse
 import ctypes
@@ -114,10 +116,34 @@ def pattn_variants():
                    PATTN["kCiderPattnBody"])
 
 
+PROMPT = strings("gpu_prompt_src.h")
+
+
+def prompt_modules():
+    """(name, whole source) as PromptGraphImpl::source() writes them."""
+    for T in ("__nv_bfloat16", "__half"):
+        for K, I, D, HQ, HK, ROPE in ((2048, 8192, 64, 32, 8, 2), (896, 4864, 64, 14, 2, 1), (3072, 8192, 96, 32, 32, 1)):
+            heads = f"{D}, {HQ}, {HK}, {ROPE}, {fbits(13.3)}, {fbits(1.0)}"
+            s = PATTN["kCiderPattnHeader"] + PROMPT["kCiderPromptSrc"] + f"using T = {T};\n"
+            s += f'extern "C" __global__ void cp_embed(const T* table, const unsigned* ids, T* h) {{ cider_prompt::embed<T, {K}>(table, ids, h); }}\n'
+            for add in (0, 1):
+                s += (f'extern "C" __global__ void cp_norm{add}(T* h, const T* delta, const T* w, T* n, float eps) '
+                      f'{{ cider_prompt::add_norm<T, {K}, {"true" if add else "false"}>(h, delta, w, n, eps); }}\n')
+            s += (f'extern "C" __global__ void cp_rope_kv(const T* qkv, const unsigned long long* kv, const int* caps, int layer, '
+                  f'const float* freqs) {{ cider_prompt::rope_kv<T, {heads}>(qkv, kv, caps, layer, freqs); }}\n')
+            s += (f'extern "C" __global__ void cp_attend(const T* qkv, const unsigned long long* kv, const int* caps, int layer, '
+                  f'const float* freqs, T* o, int lp, float scale_log2) {{ cider_prompt::attend<T, {heads}>(qkv, kv, caps, layer, freqs, o, lp, scale_log2); }}\n')
+            s += f'extern "C" __global__ void cp_swiglu(const T* gu, T* act, int total) {{ cider_prompt::swiglu<T, {I}>(gu, act, total); }}\n'
+            s += (f'extern "C" __global__ void cp_last(const T* h, const T* delta, const int* last, T* const* out) '
+                  f'{{ cider_prompt::last_row<T, {K}>(h, delta, last, out[0]); }}\n')
+            yield f"prompt_{T}_K{K}_D{D}", "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n" + s
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="sm_90a")
     ap.add_argument("--qmm", action="store_true", help="the prompt kernels (gpu_qmm_src.h, gpu_pattn_src.h)")
+    ap.add_argument("--prompt", action="store_true", help="the prompt graph's module (gpu_prompt_src.h)")
     a = ap.parse_args()
     global DEVICE
     if a.qmm:
@@ -127,8 +153,12 @@ def main():
     inc = os.path.join(list(nvidia.cuda_runtime.__path__)[0], "include")
     nvrtc = ctypes.CDLL(lib)
     failed = 0
-    for name, ins, outs, targs, call in ([*qmm_variants(), *pattn_variants()] if a.qmm else variants()):
-        src = PRELUDE + DEVICE + kernel(name, ins, outs, targs, call)
+    if a.prompt:
+        units = list(prompt_modules())
+    else:
+        units = [(name, PRELUDE + DEVICE + kernel(name, ins, outs, targs, call))
+                 for name, ins, outs, targs, call in ([*qmm_variants(), *pattn_variants()] if a.qmm else variants())]
+    for name, src in units:
         prog = ctypes.c_void_p()
         assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(), 0, None, None) == 0
         opts = [f"--gpu-architecture={a.arch}", f"--include-path={inc}", "--device-as-default-execution-space",

@@ -65,6 +65,9 @@ fn main() {
     println!("cargo:rerun-if-changed=cpp/gpu_decode_src.h");
     println!("cargo:rerun-if-changed=cpp/gpu_trace.h");
     println!("cargo:rerun-if-changed=cpp/gpu_graph.cc");
+    println!("cargo:rerun-if-changed=cpp/gpu_driver.h");
+    println!("cargo:rerun-if-changed=cpp/gpu_prompt.cc");
+    println!("cargo:rerun-if-changed=cpp/gpu_prompt_src.h");
     println!("cargo:rerun-if-changed=src/mlx/ffi.rs");
     let mlx = match find_mlx() {
         Ok(p) => p,
@@ -82,6 +85,7 @@ fn main() {
         .file("cpp/gpu_pattn.cc")
         .file("cpp/gpu_decode.cc")
         .file("cpp/gpu_graph.cc")
+        .file("cpp/gpu_prompt.cc")
         .std("c++20")
         .flag_if_supported("-Wno-unused-parameter")
         .flag_if_supported("-Wno-deprecated-declarations")

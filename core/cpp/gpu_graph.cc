@@ -29,6 +29,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_driver.h"
 #include "gpu_trace.h"
 #include "mlx/backend/cuda/cuda.h"
 #include "shim.h"
@@ -36,83 +37,8 @@
 namespace mx = mlx::core;
 
 namespace cider {
+namespace cu {
 namespace {
-
-using CUresult = int;
-using CUdevice = int;
-using CUdeviceptr = unsigned long long;
-using CUcontext = struct CUctx_st*;
-using CUmodule = struct CUmod_st*;
-using CUfunction = struct CUfunc_st*;
-using CUstream = struct CUstream_st*;
-using CUevent = struct CUevent_st*;
-using CUgraph = struct CUgraph_st*;
-using CUgraphExec = struct CUgraphExec_st*;
-using nvrtcProgram = struct nvrtcProgram_st*;
-// cuLaunchKernelEx's configuration and one launch attribute (cuda.h's
-// CUlaunchConfig and CUlaunchAttribute, same layout).
-struct LaunchAttr {
-  int id;
-  char pad[4];
-  union {
-    char bytes[64];
-    int value;
-    void* align;
-  } v;
-};
-static_assert(sizeof(LaunchAttr) == 72, "CUlaunchAttribute's layout");
-struct LaunchConfig {
-  unsigned grid[3], block[3], shared;
-  CUstream stream;
-  LaunchAttr* attrs;
-  unsigned n_attrs;
-};
-constexpr int kAttrProgrammaticSerialization = 6;  // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
-
-// The driver calls used, by their exported names (the versioned ones where
-// cuda.h maps a name to a _v2 symbol).
-struct Driver {
-  CUresult (*Init)(unsigned);
-  CUresult (*CtxGetCurrent)(CUcontext*);
-  CUresult (*CtxSetCurrent)(CUcontext);
-  CUresult (*CtxGetDevice)(CUdevice*);
-  CUresult (*DevicePrimaryCtxRetain)(CUcontext*, CUdevice);
-  CUresult (*DeviceGetAttribute)(int*, int, CUdevice);
-  CUresult (*ModuleLoadData)(CUmodule*, const void*);
-  CUresult (*ModuleGetFunction)(CUfunction*, CUmodule, const char*);
-  CUresult (*StreamCreate)(CUstream*, unsigned);
-  CUresult (*StreamDestroy)(CUstream);
-  CUresult (*StreamSynchronize)(CUstream);
-  CUresult (*StreamBeginCapture)(CUstream, int);
-  CUresult (*StreamEndCapture)(CUstream, CUgraph*);
-  CUresult (*LaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream,
-                           void**, void**);
-  CUresult (*GraphInstantiate)(CUgraphExec*, CUgraph, unsigned long long);
-  CUresult (*GraphLaunch)(CUgraphExec, CUstream);
-  CUresult (*GraphDestroy)(CUgraph);
-  CUresult (*GraphExecDestroy)(CUgraphExec);
-  CUresult (*EventCreate)(CUevent*, unsigned);
-  CUresult (*EventRecord)(CUevent, CUstream);
-  CUresult (*EventSynchronize)(CUevent);
-  CUresult (*EventQuery)(CUevent);
-  CUresult (*EventDestroy)(CUevent);
-  CUresult (*MemHostAlloc)(void**, size_t, unsigned);
-  CUresult (*MemHostGetDevicePointer)(CUdeviceptr*, void*, unsigned);
-  CUresult (*MemFreeHost)(void*);
-  CUresult (*GetErrorString)(CUresult, const char**);
-  // (CUDA 12: with it the graph's kernels overlap; without, they do not.)
-  CUresult (*LaunchKernelEx)(const LaunchConfig*, CUfunction, void**, void**) = nullptr;
-  // NVRTC
-  int (*CreateProgram)(nvrtcProgram*, const char*, const char*, int, const char* const*, const char* const*);
-  int (*CompileProgram)(nvrtcProgram, int, const char* const*);
-  int (*GetProgramLogSize)(nvrtcProgram, size_t*);
-  int (*GetProgramLog)(nvrtcProgram, char*);
-  int (*GetPTXSize)(nvrtcProgram, size_t*);
-  int (*GetPTX)(nvrtcProgram, char*);
-  int (*DestroyProgram)(nvrtcProgram*);
-  std::string include_dir;  // CUDA's headers (cuda_bf16.h), for NVRTC
-  std::string error;        // why the above could not be had
-};
 
 template <typename F>
 bool sym(void* lib, const char* name, F& f) {
@@ -140,6 +66,7 @@ std::string find_include(void* nvrtc_symbol) {
     if (std::filesystem::exists(t / "cuda_bf16.h", ec)) return t.string();
   return "";
 }
+}  // namespace
 
 const Driver& driver() {
   static const Driver d = [] {
@@ -167,7 +94,8 @@ const Driver& driver() {
               sym(cu, "cuEventQuery", d.EventQuery) && sym(cu, "cuEventDestroy_v2", d.EventDestroy) &&
               sym(cu, "cuMemHostAlloc", d.MemHostAlloc) &&
               sym(cu, "cuMemHostGetDevicePointer_v2", d.MemHostGetDevicePointer) &&
-              sym(cu, "cuMemFreeHost", d.MemFreeHost) && sym(cu, "cuGetErrorString", d.GetErrorString);
+              sym(cu, "cuMemFreeHost", d.MemFreeHost) && sym(cu, "cuGetErrorString", d.GetErrorString) &&
+              sym(cu, "cuMemcpyHtoDAsync_v2", d.MemcpyHtoDAsync);
     if (!ok) {
       d.error = "libcuda.so.1 lacks a driver call this needs (CUDA 12 or later)";
       return d;
@@ -207,6 +135,75 @@ CUdeviceptr dev_ptr(const mx::array& a) {
   auto* b = static_cast<const CudaBufferHead*>(buf.ptr());
   return CUdeviceptr(static_cast<char*>(b->data) + a.offset());
 }
+
+
+Capability capability(const Driver& d) {
+  CUdevice dev;
+  check(d.CtxGetDevice(&dev), "cuCtxGetDevice");
+  Capability c;
+  check(d.DeviceGetAttribute(&c.major, 75, dev), "compute capability");
+  check(d.DeviceGetAttribute(&c.minor, 76, dev), "compute capability");
+  return c;
+}
+
+// Compiled modules by source: a process compiles a model's step once.
+CUmodule compile(const std::string& src) {
+  static std::mutex m;
+  static std::map<std::string, CUmodule> made;
+  std::lock_guard<std::mutex> lock(m);
+  if (auto it = made.find(src); it != made.end()) return it->second;
+  const Driver& d = driver();
+  const auto [major, minor] = capability(d);
+  // As MLX's JIT: PTX for compute_XY, with "a" (the architecture's own
+  // instructions) from 9.0 on.
+  const std::string arch = "--gpu-architecture=compute_" + std::to_string(major) + std::to_string(minor) +
+                           (major >= 9 ? "a" : "");
+  const std::string inc = "--include-path=" + d.include_dir;
+  const char* opts[] = {arch.c_str(), inc.c_str(), "--std=c++17"};
+  nvrtcProgram prog = nullptr;
+  if (d.CreateProgram(&prog, src.c_str(), "cider_graph.cu", 0, nullptr, nullptr) != 0)
+    throw std::runtime_error("CUDA graph: nvrtcCreateProgram failed");
+  const int rc = d.CompileProgram(prog, 3, opts);
+  if (rc != 0) {
+    size_t n = 0;
+    d.GetProgramLogSize(prog, &n);
+    std::string log(n, '\0');
+    d.GetProgramLog(prog, log.data());
+    d.DestroyProgram(&prog);
+    throw std::runtime_error("CUDA graph: NVRTC could not compile the step's kernels: " + log.substr(0, 2000));
+  }
+  size_t n = 0;
+  d.GetPTXSize(prog, &n);
+  std::string ptx(n, '\0');
+  d.GetPTX(prog, ptx.data());
+  d.DestroyProgram(&prog);
+  CUmodule mod = nullptr;
+  check(d.ModuleLoadData(&mod, ptx.data()), "cuModuleLoadData");
+  return made.emplace(src, mod).first->second;
+}
+
+
+void ensure_context() {
+  const Driver& d = driver();
+  CUcontext ctx = nullptr;
+  check(d.Init(0), "cuInit");
+  check(d.CtxGetCurrent(&ctx), "cuCtxGetCurrent");
+  if (!ctx) {
+    check(d.DevicePrimaryCtxRetain(&ctx, 0), "cuDevicePrimaryCtxRetain");
+    check(d.CtxSetCurrent(ctx), "cuCtxSetCurrent");
+  }
+}
+
+}  // namespace cu
+using namespace cu;
+
+namespace {
+
+// The launches being traced on this thread (gpu_graph_trace).
+thread_local std::vector<dec::Traced> traced;
+
+constexpr int EVENTS = 16;
+constexpr uint32_t NO_TOKEN = 0xffffffffu;  // a hist slot no step has written
 
 
 constexpr const char* kPrelude = R"CUDA(
@@ -279,61 +276,6 @@ struct LaunchArgs {
     }
   }
 };
-
-// The current context's device's compute capability.
-struct Capability {
-  int major = 0, minor = 0;
-};
-Capability capability(const Driver& d) {
-  CUdevice dev;
-  check(d.CtxGetDevice(&dev), "cuCtxGetDevice");
-  Capability c;
-  check(d.DeviceGetAttribute(&c.major, 75, dev), "compute capability");
-  check(d.DeviceGetAttribute(&c.minor, 76, dev), "compute capability");
-  return c;
-}
-
-// Compiled modules by source: a process compiles a model's step once.
-CUmodule compile(const std::string& src) {
-  static std::mutex m;
-  static std::map<std::string, CUmodule> made;
-  std::lock_guard<std::mutex> lock(m);
-  if (auto it = made.find(src); it != made.end()) return it->second;
-  const Driver& d = driver();
-  const auto [major, minor] = capability(d);
-  // As MLX's JIT: PTX for compute_XY, with "a" (the architecture's own
-  // instructions) from 9.0 on.
-  const std::string arch = "--gpu-architecture=compute_" + std::to_string(major) + std::to_string(minor) +
-                           (major >= 9 ? "a" : "");
-  const std::string inc = "--include-path=" + d.include_dir;
-  const char* opts[] = {arch.c_str(), inc.c_str(), "--std=c++17"};
-  nvrtcProgram prog = nullptr;
-  if (d.CreateProgram(&prog, src.c_str(), "cider_graph.cu", 0, nullptr, nullptr) != 0)
-    throw std::runtime_error("CUDA graph: nvrtcCreateProgram failed");
-  const int rc = d.CompileProgram(prog, 3, opts);
-  if (rc != 0) {
-    size_t n = 0;
-    d.GetProgramLogSize(prog, &n);
-    std::string log(n, '\0');
-    d.GetProgramLog(prog, log.data());
-    d.DestroyProgram(&prog);
-    throw std::runtime_error("CUDA graph: NVRTC could not compile the step's kernels: " + log.substr(0, 2000));
-  }
-  size_t n = 0;
-  d.GetPTXSize(prog, &n);
-  std::string ptx(n, '\0');
-  d.GetPTX(prog, ptx.data());
-  d.DestroyProgram(&prog);
-  CUmodule mod = nullptr;
-  check(d.ModuleLoadData(&mod, ptx.data()), "cuModuleLoadData");
-  return made.emplace(src, mod).first->second;
-}
-
-// The launches being traced on this thread (gpu_graph_trace).
-thread_local std::vector<dec::Traced> traced;
-
-constexpr int EVENTS = 16;
-constexpr uint32_t NO_TOKEN = 0xffffffffu;  // a hist slot no step has written
 
 }  // namespace
 
@@ -493,13 +435,7 @@ std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, con
       }
   for (const auto* a : {&tab, &h, &p, &tok}) g->keep.push_back(*a);
 
-  CUcontext ctx = nullptr;
-  check(d.Init(0), "cuInit");
-  check(d.CtxGetCurrent(&ctx), "cuCtxGetCurrent");
-  if (!ctx) {
-    check(d.DevicePrimaryCtxRetain(&ctx, 0), "cuDevicePrimaryCtxRetain");
-    check(d.CtxSetCurrent(ctx), "cuCtxSetCurrent");
-  }
+  ensure_context();
   CUmodule mod = compile(src);
   std::vector<CUfunction> fns;
   for (const auto& n : names) {

@@ -167,7 +167,7 @@ __device__ __forceinline__ void attn(const T* q, const T* k, const T* v, const f
 // The body MLX wraps in its generated signature: inputs q, k, v, freqs;
 // output o; template constants T, D, QT, HQ, HK, ROPE, LOG2B, PSCALE, SCALE
 // (the softmax's scale times log2 e; floats as bits).
-static const char* kCiderPattnBody = R"CUDA(
+[[maybe_unused]] static const char* kCiderPattnBody = R"CUDA(
   const int L = q_shape[2];
   const int TK = k_shape[2];
   cider_pattn::attn<T, D, QT, HQ, HK, ROPE, LOG2B, PSCALE>(q, k, v, freqs, o, q_strides[1], q_strides[2],

@@ -146,9 +146,11 @@ bool gpu_kernels_wanted() { return wanted; }
 
 rust::String gpu_kernels_status() {
   // The fused decode kernel's own state (gpu_decode.cc), when it was asked for.
-  const std::string dec = gpu_decode_status(), att = gpu_pattn_status(), graph = gpu_graph_status();
+  const std::string dec = gpu_decode_status(), att = gpu_pattn_status(), graph = gpu_graph_status(),
+                    prompt = gpu_prompt_status();
   const std::string tail = (att.empty() ? "" : "; prompt attention: " + att) + (dec.empty() ? "" : "; decode: " + dec) +
-                           (graph.empty() ? "" : "; decode CUDA graph: " + graph);
+                           (graph.empty() ? "" : "; decode CUDA graph: " + graph) +
+                           (prompt.empty() ? "" : "; prompt CUDA graph: " + prompt);
   std::lock_guard<std::mutex> lock(checks_mu);
   if (checks.empty()) return rust::String((tail.empty() ? "not used yet" : "prompt: not used yet") + tail);
   std::vector<std::pair<std::string, std::string>> items;

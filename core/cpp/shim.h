@@ -233,6 +233,30 @@ int32_t gpu_graph_unroll();
 // What the last attempt to make such a graph came to ("on (...)", "off:
 // why"), or a reason the caller notes; "" before any.
 void gpu_graph_note(rust::Str why);
+// A dense model's prompt pass as one CUDA graph per bucket of lengths
+// (gpu_prompt.cc says why and how). gpu_prompt_new takes per layer the
+// input norm, q/k/v, o, post-attention norm, gate/up and down weights, then
+// the embedding table, then (rope_mode 2) the RoPE frequencies; dims:
+// hidden, heads, kv heads, head dim, intermediate, layers, vocab. It
+// throws where the model does not fit or the GPU cannot. gpu_prompt_run
+// writes the prompt's keys and values into each layer's joint KV buffer
+// [1, 2 * kv heads, capacity, head dim] (positions 0.., capacity at least
+// the prompt rounded up to 32) and returns the last position's residual
+// stream [1, hidden], evaluated.
+struct PromptGraphImpl;
+struct PromptGraph {
+  std::shared_ptr<PromptGraphImpl> impl;
+};
+std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slice<const int32_t> dims, float eps,
+                                            float attn_scale, int32_t rope_mode, float log2_base, float rope_scale);
+ArrPtr gpu_prompt_run(PromptGraph& graph, rust::Slice<const int32_t> ids, const ArrayList& caches);
+// The longest prompt it takes.
+int32_t gpu_prompt_max_rows();
+// Whether the prompt graph runs ("on (...)"), or why not ("off: ..."), as
+// the model noted it; "" before.
+void gpu_prompt_note(rust::Str why);
+std::string gpu_prompt_status();
+
 std::string gpu_graph_status();
 // false: MLX's ops from now on (until true again), for comparisons.
 void cpu_kernels_enable(bool on);

@@ -36,6 +36,10 @@ pub trait KvCache: Send {
     /// Counts `n` more positions as stored: written into the joint buffer
     /// by such steps, which have all finished.
     fn joint_advance(&mut self, _n: i32) {}
+    /// The joint buffer (`joint_slot`), where this cache has one.
+    fn joint_buffer(&self) -> Option<&Array> {
+        None
+    }
 }
 
 pub struct JointSlot {
@@ -208,6 +212,9 @@ impl KvCache for StandardCache {
     }
     fn joint_reserve(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, positions: i32) -> Result<bool> {
         self.grow_joint(kv_heads, head_dim, dtype, positions)
+    }
+    fn joint_buffer(&self) -> Option<&Array> {
+        self.joint.as_ref()
     }
     fn joint_advance(&mut self, n: i32) {
         self.offset += n;

@@ -194,6 +194,11 @@ pub fn set_gpu_kernels(on: bool) {
     ffi::gpu_kernels_enable(on)
 }
 
+/// Whether cider's GPU kernels are wanted (`set_gpu_kernels`).
+pub fn gpu_kernels_on() -> bool {
+    ffi::gpu_kernels_wanted()
+}
+
 /// Whether cider's fused decode kernels (core/cpp/gpu_decode.cc) can run
 /// for activations of `dtype` on the default device: a GPU with CUDA, and
 /// kernels not turned off. Each kernel configuration is also checked against
@@ -435,6 +440,45 @@ impl DecodeGraph {
     /// Waits for every launched step; returns how many there were.
     pub fn finish(&mut self) -> Result<u64> {
         ffi::gpu_graph_finish(self.inner.pin_mut()).map_err(|e| Error::backend(e.what().to_string()))
+    }
+}
+
+/// A dense model's prompt pass as one CUDA graph per bucket of prompt
+/// lengths (core/cpp/gpu_prompt.cc says why and how).
+pub struct PromptGraph {
+    inner: UniquePtr<ffi::PromptGraph>,
+}
+
+// SAFETY: the C++ object is only reached through &mut (one thread at a
+// time); it holds no thread-affine state (its CUDA stream and cuBLAS handle
+// are used under the caller's lock).
+unsafe impl Send for PromptGraph {}
+
+impl PromptGraph {
+    /// `weights`: per layer the input norm, q/k/v, o, post-attention norm,
+    /// gate/up and down weights, then the embedding table, then (rope_mode
+    /// 2) the RoPE frequencies. dims: hidden, heads, kv heads, head dim,
+    /// intermediate, layers, vocab. Err says why the model cannot run so.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(weights: &[&Array], dims: &[i32; 7], eps: f32, attn_scale: f32, rope_mode: i32, log2_base: f32, rope_scale: f32) -> Result<Self> {
+        let g = ffi::gpu_prompt_new(&list_of(weights), dims, eps, attn_scale, rope_mode, log2_base, rope_scale)
+            .map_err(|e| Error::backend(e.what().to_string()))?;
+        Ok(PromptGraph { inner: g })
+    }
+    /// Runs the pass over `ids`, writing keys and values into each layer's
+    /// joint KV buffer; returns the last position's residual stream
+    /// [1, hidden], evaluated.
+    pub fn run(&mut self, ids: &[i32], caches: &[&Array]) -> Result<Array> {
+        wrap(ffi::gpu_prompt_run(self.inner.pin_mut(), ids, &list_of(caches)))
+    }
+    /// The longest prompt it takes.
+    pub fn max_rows() -> i32 {
+        ffi::gpu_prompt_max_rows()
+    }
+    /// Notes whether prompt passes run as CUDA graphs, or why not
+    /// (`gpu_kernels_status` tells it).
+    pub fn note(why: &str) {
+        ffi::gpu_prompt_note(why)
     }
 }
 

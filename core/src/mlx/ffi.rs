@@ -69,6 +69,14 @@ pub(crate) mod ffi {
         fn gpu_graph_token(g: Pin<&mut DecodeGraph>, k: u64) -> Result<u32>;
         fn gpu_graph_finish(g: Pin<&mut DecodeGraph>) -> Result<u64>;
         fn gpu_graph_note(why: &str);
+        type PromptGraph;
+        #[allow(clippy::too_many_arguments)]
+        fn gpu_prompt_new(weights: &ArrayList, dims: &[i32], eps: f32, attn_scale: f32, rope_mode: i32, log2_base: f32,
+                          rope_scale: f32) -> Result<UniquePtr<PromptGraph>>;
+        fn gpu_prompt_run(g: Pin<&mut PromptGraph>, ids: &[i32], caches: &ArrayList) -> Result<UniquePtr<Array>>;
+        fn gpu_prompt_max_rows() -> i32;
+        fn gpu_prompt_note(why: &str);
+        fn gpu_kernels_wanted() -> bool;
         fn gpu_graph_unroll() -> i32;
         fn gpu_gemv(x: &Array, w: &Array, bias: &Array, has_bias: bool, next: &Array, has_next: bool) -> Result<UniquePtr<Array>>;
         fn graph_census(l: &ArrayList) -> Vec<String>;

@@ -9,6 +9,8 @@ use crate::nn::{Embedding, Linear, QuantParams, RmsNorm};
 use crate::rope::Rope;
 use crate::weights::Weights;
 
+mod prompt_graph;
+
 enum Qkv {
     Separate { q: Linear, k: Linear, v: Linear },
     Fused(Linear),
@@ -66,6 +68,10 @@ pub struct Transformer {
     /// Whether greedy decode steps can run as one CUDA graph, else why not
     /// (see `graph_ready`).
     graph_ok: std::sync::OnceLock<std::result::Result<(), String>>,
+    /// The prompt pass as CUDA graphs (`prompt_graph.rs`): made, and checked
+    /// against MLX's ops, at the first prompt that can take it; else why not.
+    prompt_ok: std::sync::OnceLock<std::result::Result<(), String>>,
+    prompt_graph: std::sync::Mutex<Option<crate::mlx::PromptGraph>>,
 }
 
 /// One greedy decode step built for a CUDA graph (`Transformer::graph_step`):
@@ -314,6 +320,8 @@ impl Transformer {
             attn_ok: std::sync::OnceLock::new(),
             down_ok: std::sync::OnceLock::new(),
             graph_ok: std::sync::OnceLock::new(),
+            prompt_ok: std::sync::OnceLock::new(),
+            prompt_graph: std::sync::Mutex::new(None),
         })
     }
 
@@ -333,6 +341,14 @@ impl Transformer {
     /// row alone: the ops a one-position step would run, without the memory
     /// or work for rows nobody reads.
     pub fn forward_last(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
+        if let Some(h) = self.prompt_graph_pass(ids, caches)? {
+            return self.head(&h);
+        }
+        self.forward_last_mlx(ids, caches)
+    }
+
+    /// `forward_last` through MLX's ops (and cider's kernels in MLX's graph).
+    fn forward_last_mlx(&self, ids: &Array, caches: &mut [Box<dyn KvCache>]) -> Result<Array> {
         let l = ids.dim(0);
         let h = self.hidden(ids, 1, l, caches, true)?;
         self.head(&h)
