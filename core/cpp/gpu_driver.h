@@ -72,6 +72,7 @@ struct Driver {
   CUresult (*MemHostGetDevicePointer)(CUdeviceptr*, void*, unsigned);
   CUresult (*MemFreeHost)(void*);
   CUresult (*MemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
+  CUresult (*MemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
   CUresult (*GetErrorString)(CUresult, const char**);
   // (CUDA 12: with it the graph's kernels overlap; without, they do not.)
   CUresult (*LaunchKernelEx)(const LaunchConfig*, CUfunction, void**, void**) = nullptr;

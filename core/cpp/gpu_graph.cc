@@ -95,7 +95,7 @@ const Driver& driver() {
               sym(cu, "cuMemHostAlloc", d.MemHostAlloc) &&
               sym(cu, "cuMemHostGetDevicePointer_v2", d.MemHostGetDevicePointer) &&
               sym(cu, "cuMemFreeHost", d.MemFreeHost) && sym(cu, "cuGetErrorString", d.GetErrorString) &&
-              sym(cu, "cuMemcpyHtoDAsync_v2", d.MemcpyHtoDAsync);
+              sym(cu, "cuMemcpyHtoDAsync_v2", d.MemcpyHtoDAsync) && sym(cu, "cuMemsetD8Async", d.MemsetD8Async);
     if (!ok) {
       d.error = "libcuda.so.1 lacks a driver call this needs (CUDA 12 or later)";
       return d;

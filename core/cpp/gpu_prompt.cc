@@ -89,6 +89,15 @@ constexpr int BUCKET = 32;
 // Prompt graphs kept per model (each holds its activations' buffers).
 constexpr size_t KEEP = 2;
 
+// Query rows per block of the attention (CIDER_PROMPT_QT: 4, 8 or 16):
+// with fewer, a short prompt's attention has more blocks (at 16, a
+// 128-token pass of 32 heads is 256 blocks of 4 warps for 132 SMs).
+int query_tile() {
+  const char* e = std::getenv("CIDER_PROMPT_QT");
+  const int v = e ? std::atoi(e) : 0;
+  return v == 4 || v == 8 || v == 16 ? v : 4;
+}
+
 // An uninitialised MLX buffer (MLX's allocator: counted in its memory).
 mx::array buffer(mx::Shape shape, mx::Dtype dt) {
   size_t n = dt.size();
@@ -134,6 +143,7 @@ struct PromptGraphImpl {
   int K = 0, HQ = 0, HK = 0, D = 0, I = 0, NL = 0, vocab = 0;
   float eps = 0, scale = 0;
   int rope_mode = 1;  // 1 base 2^log2_base, 2 freqs
+  int qt = query_tile();
   float log2_base = 0, rope_scale = 1;
   std::vector<mx::array> w;  // PER_LAYER per layer, then the embedding table, then freqs (or none)
   // Device
@@ -174,8 +184,8 @@ struct PromptGraphImpl {
     s += "extern \"C\" __global__ void cp_rope_kv(const T* qkv, const unsigned long long* kv, const int* caps, int layer, "
          "const float* freqs) { cider_prompt::rope_kv<T, " + heads + ">(qkv, kv, caps, layer, freqs); }\n";
     s += "extern \"C\" __global__ void cp_attend(const T* qkv, const unsigned long long* kv, const int* caps, int layer, "
-         "const float* freqs, T* o, int lp, float scale_log2) { cider_prompt::attend<T, " + heads +
-         ">(qkv, kv, caps, layer, freqs, o, lp, scale_log2); }\n";
+         "const float* freqs, T* o, int lp, float scale_log2) { cider_prompt::attend<T, " + heads + ", " +
+         std::to_string(qt) + ">(qkv, kv, caps, layer, freqs, o, lp, scale_log2); }\n";
     s += "extern \"C\" __global__ void cp_swiglu(const T* gu, T* act, int total) { cider_prompt::swiglu<T, " + i +
          ">(gu, act, total); }\n";
     s += "extern \"C\" __global__ void cp_last(const T* h, const T* delta, const int* last, T* const* out) { "
@@ -209,6 +219,10 @@ struct PromptGraphImpl {
          r = buffer({lp, K}, dt), gu = buffer({lp, 2 * I}, dt), act = buffer({lp, I}, dt);
     auto params = buffer({int(p->layout.bytes)}, mx::uint8);
     p->keep = {h, n, qkv, o, r, gu, act, params};
+    // Touched once here: MLX's allocator may hand out memory whose pages
+    // the first kernel to use them would fault in, in the first replay.
+    for (const auto& a : p->keep) check(d.MemsetD8Async(dev_ptr(a), 0, a.nbytes(), stream), "cuMemsetD8Async");
+    check(d.StreamSynchronize(stream), "cuStreamSynchronize");
     check(d.MemHostAlloc(reinterpret_cast<void**>(&p->host), p->layout.bytes, 0), "cuMemHostAlloc");
     std::memset(p->host, 0, p->layout.bytes);
     const CUdeviceptr pd = dev_ptr(params);
@@ -230,7 +244,7 @@ struct PromptGraphImpl {
         launch(l == 0 ? f_norm0 : f_norm1, lp, 1, 256, {&H, &R, &w_in, &N, &e});
         gemm(n, weight(l, 1), qkv, lp);
         launch(f_rope_kv, lp, HK, unsigned(std::min(D / 2, 64)), {&QKV, &kv, &caps, &layer, &FREQS});
-        launch(f_attend, lp / 16, HQ, 128, {&QKV, &kv, &caps, &layer, &FREQS, &O, &lpv, &scale_log2});
+        launch(f_attend, unsigned(lp / qt), HQ, 128, {&QKV, &kv, &caps, &layer, &FREQS, &O, &lpv, &scale_log2});
         gemm(o, weight(l, 2), r, lp);
         launch(f_norm1, lp, 1, 256, {&H, &R, &w_post, &N, &e});
         gemm(n, weight(l, 4), gu, lp);

@@ -30,36 +30,52 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
   return t;
 }
 
-// Row blockIdx.x (256 threads): with ADD, h += delta (rounded to T, as
-// MLX's add), written back; then n = w * (h / rms(h)), rounded after the
-// normalisation and after the weight as MLX's RMSNorm kernel rounds.
+// Row blockIdx.x (256 threads, 8 elements a 16-byte load): with ADD,
+// h += delta (rounded to T, as MLX's add), written back; then
+// n = w * (h / rms(h)), rounded after the normalisation and after the
+// weight as MLX's RMSNorm kernel rounds. K: a multiple of 8.
 template <typename T, int K, bool ADD>
 __device__ __forceinline__ void add_norm(T* h, const T* delta, const T* w, T* n, float eps) {
-  constexpr int PER = (K + 255) / 256;
+  constexpr int V = K / 8, PER = (V + 255) / 256;
   __shared__ float red[8];
   const unsigned long long r = (unsigned long long)blockIdx.x * K;
-  float v[PER];
+  uint4* hv = reinterpret_cast<uint4*>(h + r);
+  const uint4* dv = reinterpret_cast<const uint4*>(delta + r);
+  float v[PER][8];
   float ss = 0.f;
 #pragma unroll
   for (int j = 0; j < PER; j++) {
     const int i = threadIdx.x + j * 256;
-    v[j] = 0.f;
-    if (i < K) {
-      float x = float(h[r + i]);
+    if (i < V) {
+      uint4 a = hv[i];
+      T* ae = reinterpret_cast<T*>(&a);
       if (ADD) {
-        const T s = T(x + float(delta[r + i]));
-        h[r + i] = s;
-        x = float(s);
+        const uint4 b = dv[i];
+        const T* be = reinterpret_cast<const T*>(&b);
+#pragma unroll
+        for (int e = 0; e < 8; e++) ae[e] = T(float(ae[e]) + float(be[e]));
+        hv[i] = a;
       }
-      v[j] = x;
-      ss += x * x;
+#pragma unroll
+      for (int e = 0; e < 8; e++) {
+        v[j][e] = float(ae[e]);
+        ss += v[j][e] * v[j][e];
+      }
     }
   }
   const float inv = rsqrtf(block_sum(ss, red) / K + eps);
 #pragma unroll
   for (int j = 0; j < PER; j++) {
     const int i = threadIdx.x + j * 256;
-    if (i < K) n[r + i] = T(float(w[i]) * float(T(v[j] * inv)));
+    if (i < V) {
+      const uint4 wv = reinterpret_cast<const uint4*>(w)[i];
+      const T* we = reinterpret_cast<const T*>(&wv);
+      uint4 o;
+      T* oe = reinterpret_cast<T*>(&o);
+#pragma unroll
+      for (int e = 0; e < 8; e++) oe[e] = T(float(we[e]) * float(T(v[j][e] * inv)));
+      reinterpret_cast<uint4*>(n + r)[i] = o;
+    }
   }
 }
 
@@ -98,13 +114,13 @@ __device__ __forceinline__ void rope_kv(const T* qkv, const unsigned long long* 
 
 // Causal attention of the lp rows over the layer's cache (positions 0..lp-1
 // just written), q read from the projection's rows and rotated inside:
-// cider_pattn::attn, grid (lp / 16, HQ), 128 threads.
-template <typename T, int D, int HQ, int HK, int ROPE, int LOG2B, int PSCALE>
+// cider_pattn::attn, grid (lp / QT, HQ), 128 threads.
+template <typename T, int D, int HQ, int HK, int ROPE, int LOG2B, int PSCALE, int QT>
 __device__ __forceinline__ void attend(const T* qkv, const unsigned long long* kv_ptrs, const int* caps, int layer,
                                        const float* freqs, T* o, int lp, float scale_log2) {
   const T* kv = reinterpret_cast<const T*>(kv_ptrs[layer]);
   const long long cap = caps[layer];
-  cider_pattn::attn<T, D, 16, HQ, HK, ROPE, LOG2B, PSCALE>(qkv, kv, kv + HK * cap * D, freqs, o, D,
+  cider_pattn::attn<T, D, QT, HQ, HK, ROPE, LOG2B, PSCALE>(qkv, kv, kv + HK * cap * D, freqs, o, D,
                                                            (HQ + 2 * HK) * D, 1, cap * D, D, 1, cap * D, D, 1, lp, lp,
                                                            scale_log2);
 }

@@ -36,6 +36,11 @@ pub trait KvCache: Send {
     /// Counts `n` more positions as stored: written into the joint buffer
     /// by such steps, which have all finished.
     fn joint_advance(&mut self, _n: i32) {}
+    /// `joint_reserve` leaving the buffer unevaluated: for a caller that
+    /// evaluates many caches' buffers at once (one wait, not one per cache).
+    fn joint_reserve_lazy(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype, _positions: i32) -> Result<bool> {
+        Ok(false)
+    }
     /// The joint buffer (`joint_slot`), where this cache has one.
     fn joint_buffer(&self) -> Option<&Array> {
         None
@@ -198,7 +203,7 @@ impl KvCache for StandardCache {
     /// device. Positions past the offset (after a trim) are stale and
     /// overwritten.
     fn joint_slot(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype) -> Result<Option<JointSlot>> {
-        if !self.grow_joint(kv_heads, head_dim, dtype, self.offset + 1)? {
+        if !self.grow_joint(kv_heads, head_dim, dtype, self.offset + 1, true)? {
             return Ok(None);
         }
         let pos = self.offset;
@@ -211,7 +216,10 @@ impl KvCache for StandardCache {
         self.writer = Some(writer.clone());
     }
     fn joint_reserve(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, positions: i32) -> Result<bool> {
-        self.grow_joint(kv_heads, head_dim, dtype, positions)
+        self.grow_joint(kv_heads, head_dim, dtype, positions, true)
+    }
+    fn joint_reserve_lazy(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, positions: i32) -> Result<bool> {
+        self.grow_joint(kv_heads, head_dim, dtype, positions, false)
     }
     fn joint_buffer(&self) -> Option<&Array> {
         self.joint.as_ref()
@@ -226,7 +234,8 @@ impl KvCache for StandardCache {
 impl StandardCache {
     /// Makes the joint buffer hold at least `want` positions (false where
     /// this cache keeps another dtype).
-    fn grow_joint(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, want: i32) -> Result<bool> {
+    /// (Evaluated with `eval`.)
+    fn grow_joint(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, want: i32, eval: bool) -> Result<bool> {
         if self.store.is_some_and(|s| s != dtype) {
             return Ok(false);
         }
@@ -261,7 +270,9 @@ impl StandardCache {
                 Some(o) if pos > 0 => Array::concatenate(&o, &fresh, 2)?,
                 _ => fresh.contiguous()?,
             };
-            j.eval()?;
+            if eval {
+                j.eval()?;
+            }
             self.joint = Some(j);
         }
         Ok(true)

@@ -602,11 +602,14 @@ impl Transformer {
     pub fn graph_reserve(&self, caches: &mut [Box<dyn KvCache>], positions: i32) -> Result<bool> {
         let (hk, d) = (self.config.n_kv_heads as i32, self.config.head_dim as i32);
         let Some(dt) = self.fusable else { return Ok(false) };
+        // (Evaluated together: one wait, not one per layer.)
         for c in caches.iter_mut() {
-            if !c.joint_reserve(hk, d, dt, positions)? {
+            if !c.joint_reserve_lazy(hk, d, dt, positions)? {
                 return Ok(false);
             }
         }
+        let bufs: Vec<&Array> = caches.iter().filter_map(|c| c.joint_buffer()).collect();
+        crate::mlx::eval(&bufs)?;
         Ok(true)
     }
 

@@ -12,6 +12,9 @@ use crate::nn::Linear;
 /// the padded rows are exercised too.
 const CHECK_LEN: i32 = 37;
 
+/// The status of a prompt that ran as a graph (the last prompt's is shown).
+const ON: &str = "on (up to 512 tokens, in buckets of 32)";
+
 impl Transformer {
     /// One fresh sequence's prompt through a CUDA graph: the last position's
     /// residual stream [1, hidden] (the head is the caller's), with every
@@ -29,7 +32,9 @@ impl Transformer {
             PromptGraph::note(&format!("off: {why}"));
             return Ok(None);
         }
-        self.run_prompt_graph(&ids.to_vec_i32()?, caches)
+        let h = self.run_prompt_graph(&ids.to_vec_i32()?, caches)?;
+        PromptGraph::note(if h.is_some() { ON } else { "off: a KV cache cannot be written in place" });
+        Ok(h)
     }
 
     /// The pass itself (no readiness check): None where a cache cannot hold
@@ -41,13 +46,14 @@ impl Transformer {
         // sequence's end, where the next step's entry overwrites them).
         let rows = (ids.len() as i32 + 31) / 32 * 32;
         for c in caches.iter_mut() {
-            if !c.joint_reserve(hk, d, dt, rows)? {
+            if !c.joint_reserve_lazy(hk, d, dt, rows)? {
                 return Ok(None);
             }
         }
         let bufs: Vec<&Array> = caches.iter().map(|c| c.joint_buffer()).collect::<Option<_>>().ok_or_else(|| {
             crate::error::Error::backend("prompt graph: a KV cache reserved room but has no joint buffer")
         })?;
+        crate::mlx::eval(&bufs)?;
         let h = {
             let mut g = self.prompt_graph.lock().unwrap_or_else(|e| e.into_inner());
             let Some(g) = g.as_mut() else { return Ok(None) };
@@ -71,7 +77,6 @@ impl Transformer {
                     *self.prompt_graph.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 }
                 checked?;
-                PromptGraph::note(&format!("on (up to {} tokens, buckets of 32)", PromptGraph::max_rows()));
                 Ok(())
             })
             .clone()
