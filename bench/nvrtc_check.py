@@ -134,6 +134,7 @@ def prompt_modules():
             s += (f'extern "C" __global__ void cp_attend(const T* qkv, const unsigned long long* kv, const int* caps, int layer, '
                   f'const float* freqs, T* o, int lp, float scale_log2) {{ cider_prompt::attend<T, {heads}, 8>(qkv, kv, caps, layer, freqs, o, lp, scale_log2); }}\n')
             s += f'extern "C" __global__ void cp_swiglu(const T* gu, T* act, int total) {{ cider_prompt::swiglu<T, {I}>(gu, act, total); }}\n'
+            s += 'extern "C" __global__ void cp_fill(const T* b, T* y, int n, int total) { cider_prompt::fill<T>(b, y, n, total); }\n'
             s += (f'extern "C" __global__ void cp_last(const T* h, const T* delta, const int* last, T* const* out) '
                   f'{{ cider_prompt::last_row<T, {K}>(h, delta, last, out[0]); }}\n')
             yield f"prompt_{T}_K{K}_D{D}", "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n" + s

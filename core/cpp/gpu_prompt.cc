@@ -145,13 +145,18 @@ struct PromptGraphImpl {
   int rope_mode = 1;  // 1 base 2^log2_base, 2 freqs
   int qt = query_tile();
   float log2_base = 0, rope_scale = 1;
-  std::vector<mx::array> w;  // PER_LAYER per layer, then the embedding table, then freqs (or none)
+  // Which projections have biases (bits: 1 q/k/v, 2 o, 4 gate/up, 8 down),
+  // the same in every layer.
+  int bias_mask = 0;
+  // PER_LAYER per layer, then the embedding table, then freqs (or none),
+  // then each layer's biases in the order of bias_mask's bits.
+  std::vector<mx::array> w;
   // Device
   CUstream stream = nullptr;
   Blas::Handle handle = nullptr;
   std::vector<mx::array> workspace;
   CUfunction f_embed = nullptr, f_norm0 = nullptr, f_norm1 = nullptr, f_rope_kv = nullptr, f_attend = nullptr,
-             f_swiglu = nullptr, f_last = nullptr;
+             f_swiglu = nullptr, f_last = nullptr, f_fill = nullptr;
   std::map<int, std::unique_ptr<Pass>> passes;
   uint64_t clock = 0;
 
@@ -166,6 +171,13 @@ struct PromptGraphImpl {
 
   const mx::array& weight(int layer, int j) const { return w[size_t(layer) * PER_LAYER + j]; }
   const mx::array& table() const { return w[size_t(NL) * PER_LAYER]; }
+  int n_biases() const { return __builtin_popcount(unsigned(bias_mask)); }
+  // Layer `layer`'s bias for projection bit `bit` (nullptr: none).
+  const mx::array* bias(int layer, int bit) const {
+    if (!(bias_mask & bit)) return nullptr;
+    const size_t first = size_t(NL) * PER_LAYER + 1 + (rope_mode == 2 ? 1 : 0);
+    return &w[first + size_t(layer) * n_biases() + __builtin_popcount(unsigned(bias_mask & (bit - 1)))];
+  }
 
   std::string source() const {
     const char* T = dt == mx::bfloat16 ? "__nv_bfloat16" : "__half";
@@ -188,6 +200,7 @@ struct PromptGraphImpl {
          std::to_string(qt) + ">(qkv, kv, caps, layer, freqs, o, lp, scale_log2); }\n";
     s += "extern \"C\" __global__ void cp_swiglu(const T* gu, T* act, int total) { cider_prompt::swiglu<T, " + i +
          ">(gu, act, total); }\n";
+    s += "extern \"C\" __global__ void cp_fill(const T* b, T* y, int n, int total) { cider_prompt::fill<T>(b, y, n, total); }\n";
     s += "extern \"C\" __global__ void cp_last(const T* h, const T* delta, const int* last, T* const* out) { "
          "cider_prompt::last_row<T, " + k + ">(h, delta, last, out[0]); }\n";
     return "#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n" + s;
@@ -199,10 +212,17 @@ struct PromptGraphImpl {
 
   // y [lp, n] = x [lp, k] times w [n, k] transposed (row-major; to cuBLAS's
   // column-major: y^T = w x^T), float32 sums.
-  void gemm(const mx::array& x, const mx::array& wt, const mx::array& y, int lp) const {
+  // With a bias: y's rows filled with it first and added in cuBLAS's
+  // epilogue (beta 1), rounded once, as MLX's addmm.
+  void gemm(const mx::array& x, const mx::array& wt, const mx::array* b, const mx::array& y, int lp) const {
     const int n = wt.shape(0), k = wt.shape(1);
     const int t = dt == mx::bfloat16 ? kR16BF : kR16F;
-    const float one = 1.0f, zero = 0.0f;
+    const float one = 1.0f, zero = b ? 1.0f : 0.0f;
+    if (b) {
+      CUdeviceptr B = dev_ptr(*b), Y = dev_ptr(y);
+      int nn = n, total = n * lp;
+      launch(f_fill, unsigned((total + 255) / 256), 1, 256, {&B, &Y, &nn, &total});
+    }
     blas_check(blas().GemmEx(handle, kOpT, kOpN, n, lp, k, &one, reinterpret_cast<const void*>(dev_ptr(wt)), t, k,
                              reinterpret_cast<const void*>(dev_ptr(x)), t, k, &zero,
                              reinterpret_cast<void*>(dev_ptr(y)), t, n, kCompute32F, kGemmDefault),
@@ -242,14 +262,14 @@ struct PromptGraphImpl {
         CUdeviceptr w_in = dev_ptr(weight(l, 0)), w_post = dev_ptr(weight(l, 3));
         int layer = l;
         launch(l == 0 ? f_norm0 : f_norm1, lp, 1, 256, {&H, &R, &w_in, &N, &e});
-        gemm(n, weight(l, 1), qkv, lp);
+        gemm(n, weight(l, 1), bias(l, 1), qkv, lp);
         launch(f_rope_kv, lp, HK, unsigned(std::min(D / 2, 64)), {&QKV, &kv, &caps, &layer, &FREQS});
         launch(f_attend, unsigned(lp / qt), HQ, 128, {&QKV, &kv, &caps, &layer, &FREQS, &O, &lpv, &scale_log2});
-        gemm(o, weight(l, 2), r, lp);
+        gemm(o, weight(l, 2), bias(l, 2), r, lp);
         launch(f_norm1, lp, 1, 256, {&H, &R, &w_post, &N, &e});
-        gemm(n, weight(l, 4), gu, lp);
+        gemm(n, weight(l, 4), bias(l, 4), gu, lp);
         launch(f_swiglu, unsigned((total + 255) / 256), 1, 256, {&GU, &ACT, &total});
-        gemm(act, weight(l, 5), r, lp);
+        gemm(act, weight(l, 5), bias(l, 8), r, lp);
       }
       launch(f_last, 1, 1, 256, {&H, &R, &last, &out});
     } catch (...) {
@@ -269,7 +289,7 @@ struct PromptGraphImpl {
     CUmodule mod = compile(source());
     const std::pair<CUfunction*, const char*> fns[] = {
         {&f_embed, "cp_embed"},   {&f_norm0, "cp_norm0"},   {&f_norm1, "cp_norm1"}, {&f_rope_kv, "cp_rope_kv"},
-        {&f_attend, "cp_attend"}, {&f_swiglu, "cp_swiglu"}, {&f_last, "cp_last"}};
+        {&f_attend, "cp_attend"}, {&f_swiglu, "cp_swiglu"}, {&f_last, "cp_last"},   {&f_fill, "cp_fill"}};
     for (const auto& [f, name] : fns) check(d.ModuleGetFunction(f, mod, name), "cuModuleGetFunction");
     check(d.StreamCreate(&stream, 1 /* non-blocking */), "cuStreamCreate");
     blas_check(blas().Create(&handle), "cublasCreate");
@@ -314,9 +334,10 @@ std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slic
   if (!d.error.empty()) bad(d.error);
   if (!blas().error.empty()) bad(blas().error);
   if (env_off("CIDER_GPU_PROMPT_GRAPH")) bad("turned off by CIDER_GPU_PROMPT_GRAPH=0");
-  if (dims.size() != 7) bad("dims must be hidden, heads, kv heads, head dim, intermediate, layers, vocab");
+  if (dims.size() != 8) bad("dims must be hidden, heads, kv heads, head dim, intermediate, layers, vocab, bias bits");
   auto g = std::make_shared<PromptGraphImpl>();
   g->K = dims[0], g->HQ = dims[1], g->HK = dims[2], g->D = dims[3], g->I = dims[4], g->NL = dims[5], g->vocab = dims[6];
+  g->bias_mask = dims[7];
   g->eps = eps, g->scale = attn_scale, g->rope_mode = rope_mode, g->log2_base = log2_base, g->rope_scale = rope_scale;
   const int K = g->K, HQ = g->HQ, HK = g->HK, D = g->D, I = g->I, NL = g->NL;
   if (K < 8 || K % 8 || K > 8192) bad("hidden size " + std::to_string(K) + " is not a multiple of 8 up to 8192");
@@ -324,7 +345,8 @@ std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slic
                                                               std::to_string(HQ) + "/" + std::to_string(HK) + " heads");
   if (I < 1 || NL < 1 || g->vocab < 1) bad("empty dimensions");
   if (rope_mode != 1 && rope_mode != 2) bad("RoPE mode must be 1 (base) or 2 (freqs)");
-  const size_t want = size_t(NL) * PER_LAYER + 1 + (rope_mode == 2 ? 1 : 0);
+  if (g->bias_mask < 0 || g->bias_mask > 15) bad("bias bits must be 0 to 15");
+  const size_t want = size_t(NL) * (PER_LAYER + g->n_biases()) + 1 + (rope_mode == 2 ? 1 : 0);
   if (weights.v.size() != want) bad(std::to_string(weights.v.size()) + " arrays, not " + std::to_string(want));
   g->w = weights.v;
   g->dt = g->table().dtype();
@@ -340,6 +362,13 @@ std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slic
         bad("layer " + std::to_string(l) + "'s " + names[j] + " is " + shape_str(a) + ", not the dense one expected");
     }
   }
+  const std::pair<int, int> bias_len[] = {{1, NQKV}, {2, K}, {4, 2 * I}, {8, K}};
+  for (int l = 0; l < NL; l++)
+    for (const auto& [bit, n] : bias_len)
+      // ([n] or, as cider keeps them, [1, n].)
+      if (const mx::array* b = g->bias(l, bit); b && (b->size() != size_t(n) || b->shape(-1) != n || b->dtype() != g->dt))
+        bad("layer " + std::to_string(l) + "'s bias " + std::to_string(bit) + " is " + shape_str(*b) + ", not [" +
+            std::to_string(n) + "]");
   if (g->table().shape() != mx::Shape{g->vocab, K}) bad("the embedding table is " + shape_str(g->table()));
   if (rope_mode == 2 && (g->w.back().dtype() != mx::float32 || g->w.back().size() != size_t(D / 2)))
     bad("RoPE frequencies must be " + std::to_string(D / 2) + " float32 values");

@@ -138,6 +138,13 @@ __device__ __forceinline__ void swiglu(const T* gu, T* act, int total) {
   act[e] = T(float(sg) * float(gu[(long long)row * 2 * I + I + c]));
 }
 
+// Every row of y [total / n, n] set to b [n] (a bias cuBLAS then adds to).
+template <typename T>
+__device__ __forceinline__ void fill(const T* b, T* y, int n, int total) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e < total) y[e] = b[e % n];
+}
+
 // The last real row's residual stream after the last layer: h + delta at
 // row last[0], into out [K].
 template <typename T, int K>

@@ -236,8 +236,9 @@ void gpu_graph_note(rust::Str why);
 // A dense model's prompt pass as one CUDA graph per bucket of lengths
 // (gpu_prompt.cc says why and how). gpu_prompt_new takes per layer the
 // input norm, q/k/v, o, post-attention norm, gate/up and down weights, then
-// the embedding table, then (rope_mode 2) the RoPE frequencies; dims:
-// hidden, heads, kv heads, head dim, intermediate, layers, vocab. It
+// the embedding table, then (rope_mode 2) the RoPE frequencies, then each
+// layer's biases; dims: hidden, heads, kv heads, head dim, intermediate,
+// layers, vocab, bias bits (1 q/k/v, 2 o, 4 gate/up, 8 down). It
 // throws where the model does not fit or the GPU cannot. gpu_prompt_run
 // writes the prompt's keys and values into each layer's joint KV buffer
 // [1, 2 * kv heads, capacity, head dim] (positions 0.., capacity at least

@@ -32,9 +32,10 @@ fn gpu_prompt_graph_matches_mlx() {
         return;
     }
     mlx::device::set_gpu(true).unwrap();
-    for (i, (dtype, hidden, heads, kv_heads)) in [(Dtype::BF16, 256, 4, 2), (Dtype::F16, 384, 6, 2)].into_iter().enumerate() {
+    // (The second with biases on every projection: added in cuBLAS's epilogue.)
+    for (i, (dtype, hidden, heads, kv_heads, bias)) in [(Dtype::BF16, 256, 4, 2, false), (Dtype::F16, 384, 6, 2, true)].into_iter().enumerate() {
         let dir = tmpdir(&format!("gpu-prompt-{i}"));
-        write_model(&dir, &Spec { hidden, inter: 3 * hidden, heads, kv_heads, layers: 3, dtype, ..Default::default() });
+        write_model(&dir, &Spec { hidden, inter: 3 * hidden, heads, kv_heads, layers: 3, dtype, bias, ..Default::default() });
         let m = Model::load(&dir).unwrap();
         // The reference: the same model with the graph off (read at its
         // first prompt).
@@ -43,7 +44,7 @@ fn gpu_prompt_graph_matches_mlx() {
         reference.forward_last(&Array::from_i32(&[1, 2], &[2]).unwrap(), &mut reference.net.make_caches()).unwrap();
         std::env::remove_var("CIDER_GPU_PROMPT_GRAPH");
         for l in [2, 31, 32, 33, 100, 300] {
-            let kind = format!("{dtype:?} hidden {hidden}, {l} tokens");
+            let kind = format!("{dtype:?} hidden {hidden} bias {bias}, {l} tokens");
             let ids: Vec<i32> = (0..l).map(|k| ((k * 7 + 3) % WORDS.len() as i32)).collect();
             let prompt = Array::from_i32(&ids, &[l]).unwrap();
             let mut mine = m.net.make_caches();

@@ -457,10 +457,12 @@ unsafe impl Send for PromptGraph {}
 impl PromptGraph {
     /// `weights`: per layer the input norm, q/k/v, o, post-attention norm,
     /// gate/up and down weights, then the embedding table, then (rope_mode
-    /// 2) the RoPE frequencies. dims: hidden, heads, kv heads, head dim,
-    /// intermediate, layers, vocab. Err says why the model cannot run so.
+    /// 2) the RoPE frequencies, then each layer's biases. dims: hidden,
+    /// heads, kv heads, head dim, intermediate, layers, vocab, which
+    /// projections have biases (bits: 1 q/k/v, 2 o, 4 gate/up, 8 down; the
+    /// same in every layer). Err says why the model cannot run so.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(weights: &[&Array], dims: &[i32; 7], eps: f32, attn_scale: f32, rope_mode: i32, log2_base: f32, rope_scale: f32) -> Result<Self> {
+    pub fn new(weights: &[&Array], dims: &[i32; 8], eps: f32, attn_scale: f32, rope_mode: i32, log2_base: f32, rope_scale: f32) -> Result<Self> {
         let g = ffi::gpu_prompt_new(&list_of(weights), dims, eps, attn_scale, rope_mode, log2_base, rope_scale)
             .map_err(|e| Error::backend(e.what().to_string()))?;
         Ok(PromptGraph { inner: g })

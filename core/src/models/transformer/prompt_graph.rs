@@ -86,26 +86,35 @@ impl Transformer {
         let Some(dt) = self.fusable else {
             return Err("the model's layers are not dense bf16/f16 with fused q/k/v and gate/up, without q/k norms".into());
         };
-        fn dense(l: &Linear) -> Option<&Array> {
+        // (weight, bias)
+        fn dense(l: &Linear) -> Option<(&Array, Option<&Array>)> {
             match l {
-                Linear::Dense { weight, bias: None, split, .. } if split.is_empty() => Some(weight),
+                Linear::Dense { weight, bias, split, .. } if split.is_empty() => Some((weight, bias.as_ref())),
                 _ => None,
             }
         }
-        let mut w: Vec<&Array> = Vec::with_capacity(self.layers.len() * 6 + 2);
-        let mut inter = 0;
+        let mut w: Vec<&Array> = Vec::with_capacity(self.layers.len() * 10 + 2);
+        let mut biases: Vec<&Array> = Vec::new();
+        let (mut inter, mut mask) = (0, None);
         for (i, layer) in self.layers.iter().enumerate() {
             let (Qkv::Fused(qkv), Mlp::Fused { gate_up, down, hidden }) = (&layer.attn.qkv, &layer.mlp) else {
                 return Err(format!("layer {i}'s projections are not fused"));
             };
             let (Some(qkv), Some(o), Some(gu), Some(down)) = (dense(qkv), dense(&layer.attn.o_proj), dense(gate_up), dense(down)) else {
-                return Err(format!("layer {i} has a quantized, split or biased projection"));
+                return Err(format!("layer {i} has a quantized or split projection"));
             };
+            // Bits as gpu_prompt.cc takes them: 1 q/k/v, 2 o, 4 gate/up, 8 down.
+            let parts = [qkv, o, gu, down];
+            let bits = parts.iter().enumerate().fold(0, |m, (j, p)| m | if p.1.is_some() { 1 << j } else { 0 });
+            if *mask.get_or_insert(bits) != bits {
+                return Err(format!("layer {i}'s projections have biases where layer 0's have none, or the other way"));
+            }
+            biases.extend(parts.iter().filter_map(|p| p.1));
             if layer.input_norm.eps != self.norm.eps || layer.post_norm.eps != self.norm.eps {
                 return Err("the norms' epsilons differ".into());
             }
             inter = *hidden;
-            w.extend([&layer.input_norm.weight, qkv, o, &layer.post_norm.weight, gu, down]);
+            w.extend([&layer.input_norm.weight, qkv.0, o.0, &layer.post_norm.weight, gu.0, down.0]);
         }
         let Linear::Dense { weight: table, .. } = &self.embed.0 else { return Err("the embedding is quantized".into()) };
         w.push(table);
@@ -114,10 +123,11 @@ impl Transformer {
         if let Some(f) = freqs {
             w.push(f);
         }
+        w.extend(biases);
         if table.dtype() != dt {
             return Err("the embedding table is not in the activations' dtype".into());
         }
-        let dims = [c.hidden_size as i32, c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32, inter, self.layers.len() as i32, table.dim(0)];
+        let dims = [c.hidden_size as i32, c.n_heads as i32, c.n_kv_heads as i32, c.head_dim as i32, inter, self.layers.len() as i32, table.dim(0), mask.unwrap_or(0)];
         let scale = self.layers.first().map_or(1.0, |l| l.attn.scale);
         PromptGraph::new(&w, &dims, self.norm.eps, scale, if freqs.is_some() { 2 } else { 1 }, log2_base, rope_scale).map_err(|e| e.to_string())
     }
