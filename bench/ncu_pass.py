@@ -1,29 +1,53 @@
-import csv,sys
+"""Device time of one prompt pass, per kernel name, from an ncu CSV.
+
+    ncu --csv --print-units base --metrics gpu__time_duration.sum --cache-control none \
+        --clock-control none .whl/b/cider bench --model M --prompt-tokens 128 --gen-tokens 2 \
+        --repeat 1 --warmup 2 > pass.csv
+    python3 bench/ncu_pass.py pass.csv                 # the last prompt graph's pass (cp_embed .. cp_last)
+    python3 bench/ncu_pass.py pass.csv --from I --to J  # kernels I..J (ncu's order), e.g. an MLX pass
+
+Prints, per kernel name, launches and total microseconds, and the sum.
+"""
+import argparse
+import csv
 from collections import defaultdict
-def load(f):
-    rows=list(csv.reader(open(f))); hdr=None; data=[]
-    for r in rows:
-        if r and r[0]=='ID': hdr=r; continue
-        if hdr and len(r)==len(hdr): data.append(dict(zip(hdr,r)))
-    return data
-def val(d): return float(d['Metric Value'].replace(',',''))
-def summ(seg,title):
-    agg=defaultdict(lambda:[0,0.0]); tot=0
-    for d in seg:
-        n=d['Kernel Name'][:70]; t=val(d); agg[n][0]+=1; agg[n][1]+=t; tot+=t
-    print('---',title,'kernels',len(seg),'total us %.1f'%(tot/1e3))
-    for n,(c,t) in sorted(agg.items(), key=lambda x:-x[1][1])[:16]: print(f"{c:4d} {t/1e3:9.1f} us  {n}")
-d=load(sys.argv[1])
-if sys.argv[2]=='graph':
-    i0=[i for i,x in enumerate(d) if x['Kernel Name'].startswith('cp_embed')][-1]
-    j=[i for i,x in enumerate(d) if x['Kernel Name'].startswith('cp_last') and i>i0][0]
-    summ(d[i0:j+1],'graph pass')
-else:
-    # MLX pass: last occurrence of the prompt's gather ... find kernels with 'gather' names
-    names=[x['Kernel Name'] for x in d]
-    g=[i for i,n in enumerate(names) if 'gather' in n.lower()]
-    print('gathers at', g[-6:])
-    i0=g[-1] if len(sys.argv)<4 else int(sys.argv[3])
-    j=int(sys.argv[4]) if len(sys.argv)>4 else i0+250
-    summ(d[i0-2:j],'mlx pass')
-    for k in range(i0-3,i0+3): print(k,names[k][:60])
+
+
+def load(path):
+    hdr, rows = None, []
+    for r in csv.reader(open(path)):
+        if r and r[0] == "ID":
+            hdr = r
+        elif hdr and len(r) == len(hdr):
+            rows.append(dict(zip(hdr, r)))
+    return rows
+
+
+def us(row):
+    return float(row["Metric Value"].replace(",", "")) / 1e3
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("csv")
+    ap.add_argument("--from", dest="lo", type=int)
+    ap.add_argument("--to", dest="hi", type=int)
+    a = ap.parse_args()
+    rows = load(a.csv)
+    if a.lo is None:
+        names = [r["Kernel Name"] for r in rows]
+        a.lo = max(i for i, n in enumerate(names) if n.startswith("cp_embed"))
+        a.hi = min(i for i, n in enumerate(names) if n.startswith("cp_last") and i > a.lo)
+    agg = defaultdict(lambda: [0, 0.0])
+    for r in rows[a.lo:a.hi + 1]:
+        k = agg[r["Kernel Name"][:70]]
+        k[0] += 1
+        k[1] += us(r)
+    total = sum(t for _, t in agg.values())
+    print(f"kernels {a.lo}..{a.hi}: {a.hi - a.lo + 1} launches, {total:.1f} us")
+    for name, (n, t) in sorted(agg.items(), key=lambda x: -x[1][1]):
+        print(f"{n:5d} {t:9.1f} us  {name}")
+
+
+if __name__ == "__main__":
+    main()
