@@ -844,13 +844,13 @@ mx::Dtype dtype_of(uint8_t code) {
   return code == 11 ? mx::bfloat16 : code == 9 ? mx::float16 : mx::float32;
 }
 
+}  // namespace
+
 std::string shape_str(const mx::array& a) {
   std::string r = "[";
   for (size_t i = 0; i < a.ndim(); i++) r += (i ? ", " : "") + std::to_string(a.shape(i));
   return r + "]";
 }
-
-}  // namespace
 
 namespace dec {
 const char* cuda_type(mx::Dtype t) {

@@ -170,7 +170,7 @@ CUmodule compile(const std::string& src) {
     std::string log(n, '\0');
     d.GetProgramLog(prog, log.data());
     d.DestroyProgram(&prog);
-    throw std::runtime_error("CUDA graph: NVRTC could not compile the step's kernels: " + log.substr(0, 2000));
+    throw std::runtime_error("CUDA graph: NVRTC could not compile the kernels: " + log.substr(0, 2000));
   }
   size_t n = 0;
   d.GetPTXSize(prog, &n);

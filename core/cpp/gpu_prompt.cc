@@ -48,6 +48,7 @@ using namespace cu;
 struct Blas {
   using Handle = struct cublasContext*;
   int (*Create)(Handle*) = nullptr;
+  int (*Destroy)(Handle) = nullptr;
   int (*SetStream)(Handle, CUstream) = nullptr;
   int (*SetWorkspace)(Handle, void*, size_t) = nullptr;
   int (*GemmEx)(Handle, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
@@ -60,17 +61,22 @@ const Blas& blas() {
   static const Blas b = [] {
     Blas b;
     void* lib = nullptr;
-    for (const char* n : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
-      if ((lib = dlopen(n, RTLD_NOW | RTLD_GLOBAL))) break;
+    // The cuBLAS MLX loaded, if any, else the newest to be found.
+    for (int flags : {RTLD_NOW | RTLD_NOLOAD, RTLD_NOW | RTLD_GLOBAL}) {
+      for (const char* n : {"libcublas.so.13", "libcublas.so.12", "libcublas.so"})
+        if ((lib = dlopen(n, flags))) break;
+      if (lib) break;
+    }
     if (!lib) {
       b.error = "cannot load libcublas.so.13 or .12";
       return b;
     }
     b.Create = reinterpret_cast<decltype(b.Create)>(dlsym(lib, "cublasCreate_v2"));
+    b.Destroy = reinterpret_cast<decltype(b.Destroy)>(dlsym(lib, "cublasDestroy_v2"));
     b.SetStream = reinterpret_cast<decltype(b.SetStream)>(dlsym(lib, "cublasSetStream_v2"));
     b.SetWorkspace = reinterpret_cast<decltype(b.SetWorkspace)>(dlsym(lib, "cublasSetWorkspace_v2"));
     b.GemmEx = reinterpret_cast<decltype(b.GemmEx)>(dlsym(lib, "cublasGemmEx"));
-    if (!b.Create || !b.SetStream || !b.SetWorkspace || !b.GemmEx) b.error = "libcublas lacks a call this needs";
+    if (!b.Create || !b.Destroy || !b.SetStream || !b.SetWorkspace || !b.GemmEx) b.error = "libcublas lacks a call this needs";
     return b;
   }();
   return b;
@@ -162,15 +168,19 @@ struct PromptGraphImpl {
 
   ~PromptGraphImpl() {
     const Driver& d = driver();
+    try {
+      ensure_context();  // (a model may be dropped on another thread)
+    } catch (...) {
+    }
     if (stream) d.StreamSynchronize(stream);
     passes.clear();
-    // (The cuBLAS handle is kept: destroying it while MLX's own handles
-    // live has no benefit, and the library stays loaded.)
+    if (handle) blas().Destroy(handle);
     if (stream) d.StreamDestroy(stream);
   }
 
   const mx::array& weight(int layer, int j) const { return w[size_t(layer) * PER_LAYER + j]; }
   const mx::array& table() const { return w[size_t(NL) * PER_LAYER]; }
+  const mx::array& freqs() const { return w[size_t(NL) * PER_LAYER + 1]; }
   int n_biases() const { return __builtin_popcount(unsigned(bias_mask)); }
   // Layer `layer`'s bias for projection bit `bit` (nullptr: none).
   const mx::array* bias(int layer, int bit) const {
@@ -217,14 +227,14 @@ struct PromptGraphImpl {
   void gemm(const mx::array& x, const mx::array& wt, const mx::array* b, const mx::array& y, int lp) const {
     const int n = wt.shape(0), k = wt.shape(1);
     const int t = dt == mx::bfloat16 ? kR16BF : kR16F;
-    const float one = 1.0f, zero = b ? 1.0f : 0.0f;
+    const float one = 1.0f, beta = b ? 1.0f : 0.0f;
     if (b) {
       CUdeviceptr B = dev_ptr(*b), Y = dev_ptr(y);
       int nn = n, total = n * lp;
       launch(f_fill, unsigned((total + 255) / 256), 1, 256, {&B, &Y, &nn, &total});
     }
     blas_check(blas().GemmEx(handle, kOpT, kOpN, n, lp, k, &one, reinterpret_cast<const void*>(dev_ptr(wt)), t, k,
-                             reinterpret_cast<const void*>(dev_ptr(x)), t, k, &zero,
+                             reinterpret_cast<const void*>(dev_ptr(x)), t, k, &beta,
                              reinterpret_cast<void*>(dev_ptr(y)), t, n, kCompute32F, kGemmDefault),
                "cublasGemmEx");
   }
@@ -250,7 +260,7 @@ struct PromptGraphImpl {
                 out = pd + p->layout.out, ids = pd + p->layout.ids;
     CUdeviceptr H = dev_ptr(h), N = dev_ptr(n), QKV = dev_ptr(qkv), O = dev_ptr(o), R = dev_ptr(r), GU = dev_ptr(gu),
                 ACT = dev_ptr(act), TAB = dev_ptr(table());
-    CUdeviceptr FREQS = rope_mode == 2 ? dev_ptr(w.back()) : 0;
+    CUdeviceptr FREQS = rope_mode == 2 ? dev_ptr(freqs()) : 0;
     float e = eps, scale_log2 = scale * 1.4426950408889634f;
     int total = lp * I, lpv = lp;
 
@@ -302,15 +312,10 @@ struct PromptGraphImpl {
 
 namespace {
 [[noreturn]] void bad(const std::string& what) { throw std::invalid_argument("prompt graph: " + what); }
-
-std::string shape_str(const mx::array& a) {
-  std::string s = "[";
-  for (size_t i = 0; i < a.ndim(); i++) s += (i ? ", " : "") + std::to_string(a.shape(i));
-  return s + "]";
-}
 }  // namespace
 
 int32_t gpu_prompt_max_rows() { return 512; }
+int32_t gpu_prompt_bucket() { return BUCKET; }
 
 namespace {
 std::mutex status_mu;
@@ -333,6 +338,7 @@ std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slic
   if (!mx::cu::is_available()) bad("not a CUDA device");
   if (!d.error.empty()) bad(d.error);
   if (!blas().error.empty()) bad(blas().error);
+  if (env_off("CIDER_GPU_KERNELS")) bad("turned off by CIDER_GPU_KERNELS=0");
   if (env_off("CIDER_GPU_PROMPT_GRAPH")) bad("turned off by CIDER_GPU_PROMPT_GRAPH=0");
   if (dims.size() != 8) bad("dims must be hidden, heads, kv heads, head dim, intermediate, layers, vocab, bias bits");
   auto g = std::make_shared<PromptGraphImpl>();
@@ -370,7 +376,7 @@ std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slic
         bad("layer " + std::to_string(l) + "'s bias " + std::to_string(bit) + " is " + shape_str(*b) + ", not [" +
             std::to_string(n) + "]");
   if (g->table().shape() != mx::Shape{g->vocab, K}) bad("the embedding table is " + shape_str(g->table()));
-  if (rope_mode == 2 && (g->w.back().dtype() != mx::float32 || g->w.back().size() != size_t(D / 2)))
+  if (rope_mode == 2 && (g->freqs().dtype() != mx::float32 || g->freqs().size() != size_t(D / 2)))
     bad("RoPE frequencies must be " + std::to_string(D / 2) + " float32 values");
   for (auto& a : g->w) {
     if (!a.is_available()) mx::eval(a);

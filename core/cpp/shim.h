@@ -141,6 +141,8 @@ const std::string& memo_check(std::mutex& mu, M& memo, const K& key, F run, cons
   }
   return memo.emplace(key, why).first->second;
 }
+// "[2, 3]" (for error messages).
+std::string shape_str(const mlx::core::array& a);
 // Whether the environment variable `name` is "0": cider's switches that
 // turn a family of its kernels off (CIDER_GPU_KERNELS=0 and the like).
 bool env_off(const char* name);
@@ -253,6 +255,8 @@ std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slic
 ArrPtr gpu_prompt_run(PromptGraph& graph, rust::Slice<const int32_t> ids, const ArrayList& caches);
 // The longest prompt it takes.
 int32_t gpu_prompt_max_rows();
+// Prompt lengths share a graph in buckets of this many rows.
+int32_t gpu_prompt_bucket();
 // Whether the prompt graph runs ("on (...)"), or why not ("off: ..."), as
 // the model noted it; "" before.
 void gpu_prompt_note(rust::Str why);

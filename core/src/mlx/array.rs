@@ -477,6 +477,10 @@ impl PromptGraph {
     pub fn max_rows() -> i32 {
         ffi::gpu_prompt_max_rows()
     }
+    /// Prompt lengths share a graph in buckets of this many rows.
+    pub fn bucket() -> i32 {
+        ffi::gpu_prompt_bucket()
+    }
     /// Notes whether prompt passes run as CUDA graphs, or why not
     /// (`gpu_kernels_status` tells it).
     pub fn note(why: &str) {

@@ -75,6 +75,7 @@ pub(crate) mod ffi {
                           rope_scale: f32) -> Result<UniquePtr<PromptGraph>>;
         fn gpu_prompt_run(g: Pin<&mut PromptGraph>, ids: &[i32], caches: &ArrayList) -> Result<UniquePtr<Array>>;
         fn gpu_prompt_max_rows() -> i32;
+        fn gpu_prompt_bucket() -> i32;
         fn gpu_prompt_note(why: &str);
         fn gpu_kernels_wanted() -> bool;
         fn gpu_graph_unroll() -> i32;

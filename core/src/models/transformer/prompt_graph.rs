@@ -12,8 +12,6 @@ use crate::nn::Linear;
 /// the padded rows are exercised too.
 const CHECK_LEN: i32 = 37;
 
-/// The status of a prompt that ran as a graph (the last prompt's is shown).
-const ON: &str = "on (up to 512 tokens, in buckets of 32)";
 
 impl Transformer {
     /// One fresh sequence's prompt through a CUDA graph: the last position's
@@ -32,9 +30,27 @@ impl Transformer {
             PromptGraph::note(&format!("off: {why}"));
             return Ok(None);
         }
-        let h = self.run_prompt_graph(&ids.to_vec_i32()?, caches)?;
-        PromptGraph::note(if h.is_some() { ON } else { "off: a KV cache cannot be written in place" });
-        Ok(h)
+        let ids = ids.to_vec_i32()?;
+        // (Ids outside the table: the op-for-op pass, as ever.)
+        if ids.iter().any(|&t| t < 0 || t as usize >= self.config.vocab_size) {
+            return Ok(None);
+        }
+        // A failure here (memory for a new bucket's graph, a CUDA error)
+        // leaves the caches at offset 0, which MLX's pass then fills.
+        match self.run_prompt_graph(&ids, caches) {
+            Ok(Some(h)) => {
+                PromptGraph::note(&format!("on (up to {} tokens, in buckets of {})", PromptGraph::max_rows(), PromptGraph::bucket()));
+                Ok(Some(h))
+            }
+            Ok(None) => {
+                PromptGraph::note("off: a KV cache cannot be written in place");
+                Ok(None)
+            }
+            Err(e) => {
+                PromptGraph::note(&format!("off for a prompt of {} tokens: {e}", ids.len()));
+                Ok(None)
+            }
+        }
     }
 
     /// The pass itself (no readiness check): None where a cache cannot hold
@@ -44,7 +60,8 @@ impl Transformer {
         let Some(dt) = self.fusable else { return Ok(None) };
         // Room for the padded rows too: the graph writes them (past the
         // sequence's end, where the next step's entry overwrites them).
-        let rows = (ids.len() as i32 + 31) / 32 * 32;
+        let b = PromptGraph::bucket();
+        let rows = (ids.len() as i32 + b - 1) / b * b;
         for c in caches.iter_mut() {
             if !c.joint_reserve_lazy(hk, d, dt, rows)? {
                 return Ok(None);
