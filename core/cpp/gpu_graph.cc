@@ -341,19 +341,12 @@ void gpu_graph_trace(bool on) {
 }
 
 namespace {
-std::mutex status_mu;
-std::string status;  // the last graph's making, or why there was none
+StatusNote status;  // the last graph's making, or why there was none
 }  // namespace
 
-void gpu_graph_note(rust::Str why) {
-  std::lock_guard<std::mutex> lock(status_mu);
-  status = std::string(why);
-}
+void gpu_graph_note(rust::Str why) { status.set(std::string(why)); }
 
-std::string gpu_graph_status() {
-  std::lock_guard<std::mutex> lock(status_mu);
-  return status;
-}
+std::string gpu_graph_status() { return status.get(); }
 
 namespace {
 std::unique_ptr<DecodeGraph> make_graph(const Array& table, const Array& h0, const Array& pos, const Array& token,

@@ -318,19 +318,12 @@ int32_t gpu_prompt_max_rows() { return 512; }
 int32_t gpu_prompt_bucket() { return BUCKET; }
 
 namespace {
-std::mutex status_mu;
-std::string status;
+StatusNote status;  // the last prompt's: on, or why not
 }  // namespace
 
-void gpu_prompt_note(rust::Str why) {
-  std::lock_guard<std::mutex> lock(status_mu);
-  status = std::string(why);
-}
+void gpu_prompt_note(rust::Str why) { status.set(std::string(why)); }
 
-std::string gpu_prompt_status() {
-  std::lock_guard<std::mutex> lock(status_mu);
-  return status;
-}
+std::string gpu_prompt_status() { return status.get(); }
 
 std::unique_ptr<PromptGraph> gpu_prompt_new(const ArrayList& weights, rust::Slice<const int32_t> dims, float eps,
                                              float attn_scale, int32_t rope_mode, float log2_base, float rope_scale) {

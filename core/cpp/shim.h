@@ -141,6 +141,23 @@ const std::string& memo_check(std::mutex& mu, M& memo, const K& key, F run, cons
   }
   return memo.emplace(key, why).first->second;
 }
+// A status line several threads set and read: a CUDA graph's "on (...)"
+// or "off: why" (gpu_graph.cc, gpu_prompt.cc).
+class StatusNote {
+ public:
+  void set(std::string s) {
+    std::lock_guard<std::mutex> lock(mu_);
+    s_ = std::move(s);
+  }
+  std::string get() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return s_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string s_;
+};
 // "[2, 3]" (for error messages).
 std::string shape_str(const mlx::core::array& a);
 // Whether the environment variable `name` is "0": cider's switches that

@@ -27,20 +27,17 @@ pub trait KvCache: Send {
     }
     fn joint_written(&mut self, _writer: &Array) {}
     /// Makes the joint buffer (`joint_slot`) hold at least `positions`
-    /// positions, evaluated, so steps that write it unseen by MLX (a CUDA
-    /// graph of decode steps) never need it to grow. False where this cache
-    /// has no joint buffer.
+    /// positions, so steps that write it unseen by MLX (CUDA graphs of
+    /// decode steps or of a prompt) never need it to grow. Left unevaluated:
+    /// the caller evaluates every cache's buffer (`joint_buffer`) at once,
+    /// one wait rather than one per cache, before such a write. False where
+    /// this cache has no joint buffer.
     fn joint_reserve(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype, _positions: i32) -> Result<bool> {
         Ok(false)
     }
     /// Counts `n` more positions as stored: written into the joint buffer
     /// by such steps, which have all finished.
     fn joint_advance(&mut self, _n: i32) {}
-    /// `joint_reserve` leaving the buffer unevaluated: for a caller that
-    /// evaluates many caches' buffers at once (one wait, not one per cache).
-    fn joint_reserve_lazy(&mut self, _kv_heads: i32, _head_dim: i32, _dtype: Dtype, _positions: i32) -> Result<bool> {
-        Ok(false)
-    }
     /// The joint buffer (`joint_slot`), where this cache has one.
     fn joint_buffer(&self) -> Option<&Array> {
         None
@@ -216,9 +213,6 @@ impl KvCache for StandardCache {
         self.writer = Some(writer.clone());
     }
     fn joint_reserve(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, positions: i32) -> Result<bool> {
-        self.grow_joint(kv_heads, head_dim, dtype, positions, true)
-    }
-    fn joint_reserve_lazy(&mut self, kv_heads: i32, head_dim: i32, dtype: Dtype, positions: i32) -> Result<bool> {
         self.grow_joint(kv_heads, head_dim, dtype, positions, false)
     }
     fn joint_buffer(&self) -> Option<&Array> {

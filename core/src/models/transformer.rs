@@ -604,7 +604,7 @@ impl Transformer {
         let Some(dt) = self.fusable else { return Ok(false) };
         // (Evaluated together: one wait, not one per layer.)
         for c in caches.iter_mut() {
-            if !c.joint_reserve_lazy(hk, d, dt, positions)? {
+            if !c.joint_reserve(hk, d, dt, positions)? {
                 return Ok(false);
             }
         }

@@ -63,7 +63,7 @@ impl Transformer {
         let b = PromptGraph::bucket();
         let rows = (ids.len() as i32 + b - 1) / b * b;
         for c in caches.iter_mut() {
-            if !c.joint_reserve_lazy(hk, d, dt, rows)? {
+            if !c.joint_reserve(hk, d, dt, rows)? {
                 return Ok(None);
             }
         }
