@@ -17,11 +17,9 @@ use std::sync::Arc;
 
 #[test]
 fn gpu_graph_steps_pick_mlx_argmax() {
-    if !mlx::device::is_cuda() || std::env::var("CIDER_GPU_KERNELS").as_deref() == Ok("0") {
-        eprintln!("skipped: no CUDA GPU, or CIDER_GPU_KERNELS=0");
+    if !cuda_kernels_testable() {
         return;
     }
-    mlx::device::set_gpu(true).unwrap();
     for (i, (dtype, bias, hidden)) in [(Dtype::BF16, false, 256), (Dtype::F16, true, 512)].into_iter().enumerate() {
         let dir = tmpdir(&format!("gpu-graph-{i}"));
         write_model(&dir, &Spec { hidden, inter: 2 * hidden, heads: hidden / 64, kv_heads: hidden / 128, dtype, bias, ..Default::default() });

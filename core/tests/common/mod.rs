@@ -161,3 +161,16 @@ pub fn logit_bits(m: &cider_core::Model, prompt: &[i32], steps: &[i32]) -> (Vec<
     let bits = out.iter().map(|a| a.astype(Dtype::F32).unwrap().to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect()).collect();
     (bits, census)
 }
+
+/// For the tests of cider's CUDA graphs: true (the GPU made the default
+/// device) on a CUDA build of MLX with cider's kernels on; else says why
+/// the test is skipped.
+pub fn cuda_kernels_testable() -> bool {
+    use cider_core::mlx::device;
+    if !device::is_cuda() || std::env::var("CIDER_GPU_KERNELS").as_deref() == Ok("0") {
+        eprintln!("skipped: no CUDA GPU, or CIDER_GPU_KERNELS=0");
+        return false;
+    }
+    device::set_gpu(true).unwrap();
+    true
+}
